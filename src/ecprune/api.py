@@ -1,0 +1,263 @@
+"""Public entry points: :func:`importance`, :func:`prune` and :func:`prune_by_importance`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._validation import check_choice, check_positive_int, check_sparsity
+from .batching import iter_batches
+from .compensation import apply_pruning, select
+from .criteria import CRITERIA, LOSSES, LayerImportance, ScoringContext
+from .layers import add_zero_biases, effective_weight, keep_mask, model_dtype_device, select_layers
+from .statistics import collect_statistics
+
+SCOPES = ("global", "layer")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Keyword options of :func:`importance` and :func:`prune`.
+
+    layers: names or modules of the ``nn.Linear`` layers to prune (default: all).
+    output_fn: function of the model's output giving the tensor ``y`` the sensitivities use.
+    loss: for ``"gradient"``: ``"cross_entropy"``, ``"mse"`` or ``f(output, target) -> mean``;
+        default: cross-entropy for integer targets, MSE otherwise.
+    chunk_size: samples per chunk of the streaming pass.
+    seed: seeds ``"random"`` and the subsample of ``"nonlinear"``.
+    nonlinear_samples: size of the subsample over which ``"nonlinear"`` takes its expectation.
+    add_bias: give bias-free layers a zero bias so they can be compensated (else an error).
+    progress: tqdm bars (None: only on a terminal).
+    """
+
+    layers: Iterable[str | nn.Module] | None = None
+    output_fn: Callable[[object], torch.Tensor] | None = None
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    chunk_size: int = 4096
+    seed: int = 0
+    nonlinear_samples: int = 1024
+    add_bias: bool = False
+    progress: bool | None = None
+
+
+def _options(options: dict, caller: str) -> Options:
+    valid = [f.name for f in dataclasses.fields(Options)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"{caller}() got unknown option(s) {unknown}; valid options are {valid}.")
+    parsed = Options(**options)
+    check_positive_int("chunk_size", parsed.chunk_size, caller=caller)
+    check_positive_int("nonlinear_samples", parsed.nonlinear_samples, caller=caller)
+    return parsed
+
+
+class Importances(dict[str, LayerImportance]):
+    """Mapping of layer name to :class:`LayerImportance`, with how it was obtained.
+
+    Attributes: ``method``, ``seconds`` (data pass + scoring), ``mean_output_sq``
+    (``E||y||^2`` over the data, the scale of relative output errors).
+    """
+
+    def __init__(self, items: dict[str, LayerImportance], *, method: str, seconds: float,
+                 mean_output_sq: float):
+        super().__init__(items)
+        self.method = method
+        self.seconds = seconds
+        self.mean_output_sq = mean_output_sq
+
+
+def _auto_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    name = "mse" if target.is_floating_point() else "cross_entropy"
+    return LOSSES[name](output, target)
+
+
+def _resolve_loss(loss: object) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if loss is None:
+        return _auto_loss
+    if callable(loss):
+        return loss
+    return LOSSES[check_choice("loss", loss, LOSSES, caller="importance")]
+
+
+def _require_targets(loss: Callable) -> Callable:
+    def wrapped(output: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        if target is None:
+            raise ValueError(
+                "Method 'gradient' needs targets: pass data as (inputs, targets) batches, e.g. "
+                "a TensorDataset(inputs, targets) or a DataLoader over one."
+            )
+        return loss(output, target)
+
+    return wrapped
+
+
+def _check_biases(layers: dict[str, nn.Linear], method: str, add_bias: bool) -> None:
+    missing = [name for name, layer in layers.items() if layer.bias is None]
+    if missing and not add_bias:
+        raise ValueError(
+            f"Method {method!r} compensates removed weights through the bias, but the Linear "
+            f"layers {missing} have no bias. Pass add_bias=True to add a zero bias first, or "
+            "exclude them with 'layers='."
+        )
+
+
+def importance(model: nn.Module, data: object, method: str = "ecp", **options) -> Importances:
+    """Score every weight of the selected ``nn.Linear`` layers of ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module whose prunable layers are ``nn.Linear`` (any structure).
+    data : inputs (B, ...), a Dataset/DataLoader or an iterable of ``inputs`` or
+        ``(inputs, targets)`` batches; streamed in chunks.
+    method : one of ``ecprune.METHODS``.
+    **options : see :class:`Options`.
+
+    Returns
+    -------
+    Importances : ``{layer name: LayerImportance(score, bias_shift)}``, each shaped like the
+        weight. For ``"ecp"``, ``score`` is ``I_ij`` and ``bias_shift`` is ``delta*_ij``.
+
+    Examples
+    --------
+    >>> import torch, ecprune
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    >>> scores = ecprune.importance(net, torch.randn(64, 3))
+    >>> sorted(scores), scores["0"].score.shape
+    (['0', '2'], torch.Size([4, 3]))
+    """
+    start = time.perf_counter()
+    check_choice("method", method, CRITERIA, caller="importance")
+    opts = _options(options, "importance")
+    criterion = CRITERIA[method]()
+    layers = select_layers(model, opts.layers)
+    if criterion.compensates:
+        _check_biases(layers, method, opts.add_bias)
+    loss = _require_targets(_resolve_loss(opts.loss)) if criterion.needs_targets else None
+    dtype, device = model_dtype_device(model)
+    batches = iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype)
+    request = criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed)
+    stats = collect_statistics(model, layers, batches, request, output_fn=opts.output_fn,
+                               progress=opts.progress)
+    context = ScoringContext(model=model, layers=layers,
+                             weights={name: effective_weight(m) for name, m in layers.items()},
+                             statistics=stats, seed=opts.seed, output_fn=opts.output_fn,
+                             progress=opts.progress)
+    scores = criterion.score(context)
+    return Importances(scores, method=method, seconds=time.perf_counter() - start,
+                       mean_output_sq=stats.mean_output_sq)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One layer after pruning: weights kept of total, the score threshold, predicted error."""
+
+    kept: int
+    total: int
+    threshold: float | None
+    predicted_error: float | None
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.kept / self.total
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :func:`prune` did. ``predicted_error`` is ``sum I_ij`` over the weights removed now
+    (methods whose score is an output error: ecp, ecp-nocomp, nonlinear), else None."""
+
+    method: str
+    scope: str
+    sparsity: float
+    layers: dict[str, LayerReport]
+    seconds: float
+    scoring_seconds: float
+    predicted_error: float | None
+    mean_output_sq: float | None
+
+    @property
+    def kept(self) -> int:
+        return sum(layer.kept for layer in self.layers.values())
+
+    @property
+    def total(self) -> int:
+        return sum(layer.total for layer in self.layers.values())
+
+    @property
+    def relative_predicted_error(self) -> float | None:
+        """``sum I / E||y||^2``: the predicted output error relative to the output's size."""
+        if self.predicted_error is None or not self.mean_output_sq:
+            return None
+        return self.predicted_error / self.mean_output_sq
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary of the report."""
+        result = dataclasses.asdict(self)
+        result.update(kept=self.kept, total=self.total,
+                      relative_predicted_error=self.relative_predicted_error)
+        return result
+
+
+def prune_by_importance(model: nn.Module, importances: Importances, sparsity: float,
+                        scope: str = "global", *, add_bias: bool = False) -> PruneReport:
+    """Prune ``model`` in place from precomputed :func:`importance` results.
+
+    Useful to prune copies of one model at several ratios from one scoring pass.
+    """
+    start = time.perf_counter()
+    sparsity = check_sparsity(sparsity, caller="prune")
+    check_choice("scope", scope, SCOPES, caller="prune")
+    layers = select_layers(model, list(importances))
+    shifts = {name: result.bias_shift for name, result in importances.items()}
+    if any(shift is not None for shift in shifts.values()):
+        _check_biases(layers, importances.method, add_bias)
+    present = {name: keep_mask(layer) for name, layer in layers.items()}
+    scores = {name: result.score for name, result in importances.items()}
+    selection = select(scores, present, sparsity, scope)
+    added = add_zero_biases(layers) if add_bias else []
+    try:
+        apply_pruning(layers, selection.newly_pruned, shifts)
+    except Exception:
+        for name in added:
+            layers[name].bias = None
+        raise
+    predicts = CRITERIA[importances.method].predicts_error
+    reports = {}
+    for name, layer in layers.items():
+        newly = selection.newly_pruned[name]
+        error = scores[name][newly].to(torch.float64).sum().item() if predicts else None
+        reports[name] = LayerReport(kept=int(keep_mask(layer).sum()), total=layer.weight.numel(),
+                                    threshold=selection.thresholds[name], predicted_error=error)
+    total_error = sum(r.predicted_error for r in reports.values()) if predicts else None
+    return PruneReport(method=importances.method, scope=scope, sparsity=sparsity, layers=reports,
+                       seconds=importances.seconds + time.perf_counter() - start,
+                       scoring_seconds=importances.seconds, predicted_error=total_error,
+                       mean_output_sq=importances.mean_output_sq)
+
+
+def prune(model: nn.Module, data: object, sparsity: float, method: str = "ecp",
+          scope: str = "global", **options) -> PruneReport:
+    """Score, then remove exactly ``round(sparsity * |W|)`` weights of ``model`` in place.
+
+    Compensating methods (ecp, nonlinear, magnitude-comp) add the shifts of the removed
+    weights to their neurons' biases. Masks use ``torch.nn.utils.prune`` (``weight_orig`` +
+    ``weight_mask``); weights already masked stay pruned and count toward ``sparsity``.
+
+    Examples
+    --------
+    >>> import torch, ecprune
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> report = ecprune.prune(net, torch.randn(128, 3), sparsity=0.5)
+    >>> report.kept, report.total
+    (20, 40)
+    """
+    sparsity = check_sparsity(sparsity, caller="prune")
+    check_choice("scope", scope, SCOPES, caller="prune")
+    scores = importance(model, data, method, **options)
+    return prune_by_importance(model, scores, sparsity, scope,
+                               add_bias=options.get("add_bias", False))

@@ -1,0 +1,86 @@
+"""Find the prunable ``nn.Linear`` layers of a model and read their (masked) weights.
+
+Masks follow PyTorch's own reparametrisation (``torch.nn.utils.prune``): a pruned layer holds
+``weight_orig`` and the buffer ``weight_mask``, and ``weight = weight_orig * weight_mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+
+def select_layers(model: nn.Module, layers: Iterable[str | nn.Module] | None) -> dict[str, nn.Linear]:
+    """Map qualified names to the ``nn.Linear`` layers to prune, in ``named_modules`` order.
+
+    ``layers=None`` selects every Linear; otherwise give qualified names or the modules.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"The 'model' parameter must be a torch.nn.Module. Got {type(model).__name__}.")
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if not linears:
+        raise ValueError(
+            f"The model ({type(model).__name__}) has no nn.Linear layers; ecprune prunes the "
+            "weights of nn.Linear layers only."
+        )
+    if layers is None:
+        return linears
+    if isinstance(layers, str | nn.Module):
+        layers = [layers]
+    by_module = {id(m): name for name, m in linears.items()}
+    wanted = set()
+    for item in layers:
+        if isinstance(item, nn.Module):
+            if id(item) not in by_module:
+                raise ValueError(
+                    f"The 'layers' parameter names a {type(item).__name__} that is not an "
+                    f"nn.Linear of the model. The model's Linear layers are: {sorted(linears)}."
+                )
+            wanted.add(by_module[id(item)])
+        elif item in linears:
+            wanted.add(item)
+        else:
+            raise ValueError(
+                f"The 'layers' parameter names {item!r}, which is not an nn.Linear of the model. "
+                f"Expected some of: {sorted(linears)}."
+            )
+    if not wanted:
+        raise ValueError("The 'layers' parameter is empty; name at least one nn.Linear layer.")
+    return {name: m for name, m in linears.items() if name in wanted}
+
+
+def keep_mask(layer: nn.Linear) -> torch.Tensor:
+    """Boolean mask of the weights still present (all True for an unpruned layer)."""
+    if torch_prune.is_pruned(layer) and hasattr(layer, "weight_mask"):
+        return layer.weight_mask.detach() != 0
+    return torch.ones_like(layer.weight, dtype=torch.bool)
+
+
+def effective_weight(layer: nn.Linear) -> torch.Tensor:
+    """The weight the layer computes with (``weight_orig * weight_mask`` when pruned), detached."""
+    if hasattr(layer, "weight_orig") and hasattr(layer, "weight_mask"):
+        return (layer.weight_orig * layer.weight_mask).detach()
+    return layer.weight.detach()
+
+
+def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The floating dtype and device of the model's first floating parameter."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype, tensor.device
+    raise ValueError("The model has no floating-point parameters to prune.")
+
+
+def add_zero_biases(layers: dict[str, nn.Linear]) -> list[str]:
+    """Give every bias-free layer a zero bias (same dtype and device); return their names."""
+    added = []
+    for name, layer in layers.items():
+        if layer.bias is None:
+            weight = effective_weight(layer)
+            layer.bias = nn.Parameter(torch.zeros(layer.out_features, dtype=weight.dtype,
+                                                  device=weight.device))
+            added.append(name)
+    return added

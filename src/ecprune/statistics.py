@@ -1,0 +1,305 @@
+"""One streaming pass over the data that accumulates every statistic the criteria need.
+
+For each selected layer with input activations ``a`` (B, n_in) and pre-activations ``u``:
+
+- ``s_i(x) = ||dy/du_i||^2``, from batched vector-Jacobian products (one reverse pass per
+  output, run together with ``is_grads_batched``), never per-weight gradients;
+- ``S = sum s`` (n_out,), ``P = sum s (a - c)^T`` and ``Q = sum s ((a - c)^2)^T`` (n_out, n_in),
+  two GEMMs per layer per chunk. ``c`` is the mean input of the first chunk: shifting the data
+  by a constant leaves ``Q - P^2/S`` unchanged but avoids catastrophic cancellation;
+- ``sum a`` (the mean-signal shift of the baselines) and, when a loss is given,
+  ``sum dL/dW = sum g_u a^T``.
+
+Sums are kept in float64 whatever the model's dtype. Memory is O(|W| + chunk x width).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batching import Batch
+
+ACCUMULATE_DTYPE = torch.float64
+# Elements of one batched reverse pass (outputs x chunk x summed widths): bounds its memory.
+VJP_ELEMENTS = 2**24
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StatisticsRequest:
+    """What one pass must accumulate."""
+
+    sensitivity: bool = False
+    loss: LossFn | None = None
+    samples: int = 0
+    seed: int = 0
+
+
+@dataclass
+class LayerStatistics:
+    """Float64 sums over the data for one layer (see the module docstring)."""
+
+    input_sum: torch.Tensor
+    input_shift: torch.Tensor
+    sens_sum: torch.Tensor | None = None
+    sens_act: torch.Tensor | None = None
+    sens_act_sq: torch.Tensor | None = None
+    loss_grad: torch.Tensor | None = None
+
+
+@dataclass
+class Statistics:
+    """Everything one pass collected: per-layer sums and model-level totals."""
+
+    layers: dict[str, LayerStatistics]
+    count: int = 0
+    output_sq_sum: float = 0.0
+    samples: torch.Tensor | None = None
+    seconds: float = 0.0
+    sample_keys: torch.Tensor | None = field(default=None, repr=False)
+
+    def mean_input(self, name: str) -> torch.Tensor:
+        """``E[a]`` of layer ``name`` (float64)."""
+        return self.layers[name].input_sum / self.count
+
+    @property
+    def mean_output_sq(self) -> float:
+        """``E ||y||^2``, the scale for relative output errors."""
+        return self.output_sq_sum / self.count
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode (dropout off, batch-norm frozen), restoring every module's flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+class LayerTape:
+    """Forward hooks that record each layer's input ``a`` and output ``u`` for one forward.
+
+    Checks that each layer sees 2-D inputs of its width and runs once per forward. With
+    ``differentiable=True`` the outputs are kept in the autograd graph, so gradients with
+    respect to them can be taken even when no parameter requires grad.
+    """
+
+    def __init__(self, layers: dict[str, nn.Linear], *, differentiable: bool):
+        self.layers = layers
+        self.differentiable = differentiable
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> LayerTape:
+        for name, layer in self.layers.items():
+            self._handles.append(layer.register_forward_pre_hook(self._check(name)))
+            self._handles.append(layer.register_forward_hook(self._record(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def clear(self) -> None:
+        self.inputs.clear()
+        self.outputs.clear()
+
+    def _check(self, name: str):
+        def hook(layer: nn.Linear, args: tuple) -> None:
+            (a,) = args[:1]
+            if a.ndim != 2:
+                raise ValueError(
+                    f"Linear layer {name!r} received an input of shape {tuple(a.shape)}; ecprune "
+                    "needs (batch, features) inputs to every pruned layer."
+                )
+            if a.shape[1] != layer.in_features:
+                raise ValueError(
+                    f"Linear layer {name!r} expects {layer.in_features} input features but the "
+                    f"data gives it {a.shape[1]} (input of shape {tuple(a.shape)}). Check that "
+                    "the data's width fits the model."
+                )
+            if name in self.inputs:
+                raise ValueError(
+                    f"Linear layer {name!r} is called more than once per forward pass; shared "
+                    "layers cannot be compensated per neuron. Exclude it with 'layers='."
+                )
+
+        return hook
+
+    def _record(self, name: str):
+        def hook(layer: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            self.inputs[name] = args[0].detach()
+            if self.differentiable and not output.requires_grad:
+                output = output.detach().requires_grad_()
+            self.outputs[name] = output
+            return output
+
+        return hook
+
+
+def forward(model: nn.Module, inputs: torch.Tensor,
+            output_fn: Callable[[object], torch.Tensor] | None) -> tuple[object, torch.Tensor]:
+    """Run the model; return its raw output and the sensitivity output flattened to (B, n_out)."""
+    try:
+        raw = model(inputs)
+    except (RuntimeError, IndexError) as err:
+        raise ValueError(
+            f"The model failed on a data batch of shape {tuple(inputs.shape)}; check that the "
+            f"data fits the model's input. PyTorch said: {err}"
+        ) from err
+    output = raw if output_fn is None else output_fn(raw)
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"The model output used for the sensitivities is a {type(output).__name__}; expected "
+            "a tensor. Pass output_fn= to pick the tensor (e.g. lambda out: out[0])."
+        )
+    if output.ndim == 0 or output.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"The model output has shape {tuple(output.shape)} for {inputs.shape[0]} inputs; "
+            "expected the batch as its first dimension."
+        )
+    return raw, output.reshape(output.shape[0], -1)
+
+
+def sensitivities(output: torch.Tensor, pre_activations: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``s(x) = sum_k (dy_k/du)^2`` for every tensor in ``pre_activations``, each (B, n).
+
+    One batched reverse pass per block of outputs (``is_grads_batched``); the block size keeps
+    outputs x batch x widths under ``VJP_ELEMENTS``.
+    """
+    batch, n_out = output.shape
+    width = sum(u.shape[1] for u in pre_activations)
+    block = max(1, min(n_out, VJP_ELEMENTS // max(1, batch * width)))
+    result = [torch.zeros_like(u, requires_grad=False) for u in pre_activations]
+    for start in range(0, n_out, block):
+        stop = min(n_out, start + block)
+        seeds = torch.zeros(stop - start, batch, n_out, dtype=output.dtype, device=output.device)
+        seeds[torch.arange(stop - start), :, torch.arange(start, stop)] = 1
+        grads = torch.autograd.grad(output, pre_activations, grad_outputs=seeds,
+                                    is_grads_batched=True, retain_graph=stop < n_out,
+                                    allow_unused=True)
+        for total, grad in zip(result, grads, strict=True):
+            if grad is not None:
+                total += grad.square().sum(0)
+    return result
+
+
+class Accumulator:
+    """Float64 running sums for one pass; ``update`` takes one chunk, ``result`` the totals."""
+
+    def __init__(self, layers: dict[str, nn.Linear], request: StatisticsRequest):
+        self.layers = layers
+        self.request = request
+        self.stats = Statistics(layers={})
+        self._generator = torch.Generator().manual_seed(request.seed)
+
+    def update(self, tape: LayerTape, batch: Batch, raw: object, output: torch.Tensor) -> None:
+        stats, request = self.stats, self.request
+        names = list(self.layers)
+        us = [tape.outputs[name] for name in names]
+        if request.loss is not None:
+            loss = request.loss(raw, batch.targets) * len(batch.inputs)
+            loss_grads = torch.autograd.grad(loss, us, retain_graph=request.sensitivity,
+                                             allow_unused=True)
+        if request.sensitivity:
+            sens = sensitivities(output, us)
+        for k, name in enumerate(names):
+            a = tape.inputs[name]
+            if name not in stats.layers:
+                stats.layers[name] = self._new_layer(name, a)
+            layer = stats.layers[name]
+            layer.input_sum += a.sum(0, dtype=ACCUMULATE_DTYPE)
+            if request.sensitivity:
+                s, centred = sens[k], a - layer.input_shift.to(a.dtype)
+                layer.sens_sum += s.sum(0, dtype=ACCUMULATE_DTYPE)
+                layer.sens_act += (s.T @ centred).to(ACCUMULATE_DTYPE)
+                layer.sens_act_sq += (s.T @ centred.square()).to(ACCUMULATE_DTYPE)
+            if request.loss is not None and loss_grads[k] is not None:
+                layer.loss_grad += (loss_grads[k].T @ a).to(ACCUMULATE_DTYPE)
+        stats.count += len(batch.inputs)
+        stats.output_sq_sum += output.detach().square().sum(dtype=ACCUMULATE_DTYPE).item()
+        if request.samples:
+            self._keep_samples(batch.inputs)
+
+    def _new_layer(self, name: str, a: torch.Tensor) -> LayerStatistics:
+        n_out, n_in = self.layers[name].out_features, a.shape[1]
+
+        def zeros(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=ACCUMULATE_DTYPE, device=a.device)
+
+        sens = self.request.sensitivity
+        return LayerStatistics(
+            input_sum=zeros(n_in),
+            input_shift=a.mean(0).to(ACCUMULATE_DTYPE),
+            sens_sum=zeros(n_out) if sens else None,
+            sens_act=zeros(n_out, n_in) if sens else None,
+            sens_act_sq=zeros(n_out, n_in) if sens else None,
+            loss_grad=zeros(n_out, n_in) if self.request.loss is not None else None,
+        )
+
+    def _keep_samples(self, inputs: torch.Tensor) -> None:
+        """Uniform subsample without replacement: keep the inputs with the smallest random keys."""
+        keys = torch.rand(len(inputs), generator=self._generator).to(inputs.device)
+        stats = self.stats
+        if stats.samples is not None:
+            inputs = torch.cat([stats.samples, inputs])
+            keys = torch.cat([stats.sample_keys, keys])
+        order = torch.argsort(keys, stable=True)[: self.request.samples]
+        stats.samples, stats.sample_keys = inputs[order].detach(), keys[order]
+
+
+def collect_statistics(
+    model: nn.Module,
+    layers: dict[str, nn.Linear],
+    batches: Iterable[Batch],
+    request: StatisticsRequest,
+    *,
+    output_fn: Callable[[object], torch.Tensor] | None = None,
+    progress: bool | None = None,
+) -> Statistics:
+    """Stream ``batches`` through ``model`` once (in eval mode) and return the sums."""
+    start = time.perf_counter()
+    accumulator = Accumulator(layers, request)
+    needs_graph = request.sensitivity or request.loss is not None
+    with eval_mode(model), LayerTape(layers, differentiable=needs_graph) as tape:
+        for batch in tqdm(batches, desc="statistics", unit="chunk", disable=_disable(progress),
+                          leave=False):
+            tape.clear()
+            with torch.set_grad_enabled(needs_graph):
+                raw, output = forward(model, batch.inputs, output_fn)
+            _check_all_layers_ran(tape, layers)
+            accumulator.update(tape, batch, raw, output)
+    stats = accumulator.stats
+    if stats.count == 0:
+        raise ValueError("The 'data' parameter holds no samples; expected at least one input.")
+    stats.seconds = time.perf_counter() - start
+    stats.sample_keys = None
+    return stats
+
+
+def _check_all_layers_ran(tape: LayerTape, layers: dict[str, nn.Linear]) -> None:
+    missing = [name for name in layers if name not in tape.inputs]
+    if missing:
+        raise ValueError(
+            f"The Linear layers {missing} were not called in the model's forward pass, so they "
+            "cannot be scored. Exclude them with 'layers='."
+        )
+
+
+def _disable(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: None shows a bar only on a terminal."""
+    return None if progress is None else not progress
