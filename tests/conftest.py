@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ def mlp(widths, activation=nn.Tanh, *, seed=0, dtype=torch.float64):
     """Sequential MLP with ``activation`` between Linear layers (last layer linear)."""
     torch.manual_seed(seed)
     layers = []
-    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for k, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(a, b))
         if k < len(widths) - 2:
             layers.append(activation())

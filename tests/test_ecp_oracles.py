@@ -12,10 +12,10 @@ import copy
 
 import pytest
 import torch
-from conftest import SkipNet, bias_jacobians, mlp, weight_jacobians
 from torch import nn
 
 import ecprune
+from conftest import SkipNet, bias_jacobians, mlp, weight_jacobians
 from ecprune.statistics import LayerTape, sensitivities
 
 RTOL = 1e-9
@@ -35,7 +35,7 @@ def test_delta_minimises_linearised_objective_and_importance_is_its_minimum(acti
         weight = model.get_submodule(name).weight.detach()
         jb, jw = bias_jacobians(model, name, x), weight_jacobians(model, name, x)
         for i, j in [(0, 0), (1, 2), (weight.shape[0] - 1, weight.shape[1] - 1)]:
-            f = lambda d: linearised_objective(jb[:, :, i], jw[:, :, i, j], weight[i, j], d)  # noqa: E731
+            f = lambda d, i=i, j=j, jb=jb, jw=jw, w=weight: linearised_objective(jb[:, :, i], jw[:, :, i, j], w[i, j], d)  # noqa: E731
             delta = result[name].bias_shift[i, j]
             # The objective is quadratic in delta: three evaluations give its exact minimiser.
             f0, f1, fm = f(0.0), f(1.0), f(-1.0)

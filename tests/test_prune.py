@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from conftest import SkipNet, mlp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import ecprune
+from conftest import SkipNet, mlp
 from ecprune.compensation import layer_counts
 
 

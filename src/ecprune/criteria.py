@@ -131,7 +131,8 @@ class ECPNoCompensation(ECP):
         stats, layer = context.statistics, context.statistics.layers[name]
         c = layer.input_shift[None, :]
         # sum s a^2 from the shifted sums: a^2 = (a - c)^2 + 2c(a - c) + c^2.
-        second_moment = layer.sens_act_sq + 2 * c * layer.sens_act + c.square() * layer.sens_sum[:, None]
+        s = layer.sens_sum[:, None]
+        second_moment = layer.sens_act_sq + 2 * c * layer.sens_act + c.square() * s
         score = _float64(context.weights[name]).square() * second_moment.clamp_min(0) / stats.count
         return LayerImportance(score, None)
 
@@ -211,7 +212,8 @@ class Random(Criterion):
 
 CRITERIA: dict[str, type[Criterion]] = {
     cls.name: cls
-    for cls in (ECP, ECPNoCompensation, Nonlinear, Magnitude, Gradient, Random, MagnitudeCompensated)
+    for cls in (ECP, ECPNoCompensation, Nonlinear, Magnitude, Gradient, Random,
+                MagnitudeCompensated)
 }
 
 

@@ -13,13 +13,15 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 
-def select_layers(model: nn.Module, layers: Iterable[str | nn.Module] | None) -> dict[str, nn.Linear]:
+def select_layers(model: nn.Module,
+                  layers: Iterable[str | nn.Module] | None) -> dict[str, nn.Linear]:
     """Map qualified names to the ``nn.Linear`` layers to prune, in ``named_modules`` order.
 
     ``layers=None`` selects every Linear; otherwise give qualified names or the modules.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' parameter must be a torch.nn.Module. Got {type(model).__name__}.")
+        raise TypeError("The 'model' parameter must be a torch.nn.Module. "
+                        f"Got {type(model).__name__}.")
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     if not linears:
         raise ValueError(

@@ -75,7 +75,8 @@ def brute_force_errors(
             rows, cols = index // weight.shape[1], index % weight.shape[1]
             deltas = torch.zeros(len(index), n, n_out_layer, dtype=weight.dtype,
                                  device=weight.device)
-            deltas[torch.arange(len(index)), :, rows] = -weight[rows, cols, None] * centred[:, cols].T
+            removed_signal = weight[rows, cols, None] * centred[:, cols].T  # (K, n)
+            deltas[torch.arange(len(index)), :, rows] = -removed_signal
             outputs = _perturbed_outputs(model, layer, samples, deltas, output_fn)
             errors[index] = (outputs - dense).square().sum(-1).mean(-1)
     return errors.reshape(weight.shape)
