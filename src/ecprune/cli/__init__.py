@@ -1,0 +1,50 @@
+"""The ``ecprune`` command line: one module per subcommand, each with ``register(subparsers)``.
+
+Every expected failure (bad file, bad value, existing output) is reported as one line on stderr
+with exit code 2, never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import info
+
+COMMANDS = (info,)
+
+EPILOG = """examples:
+  ecprune info
+"""
+
+
+class CliError(Exception):
+    """A user error the CLI reports as one line and exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecprune",
+        description="Elimination-compensation pruning of fully-connected PyTorch networks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (CliError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"ecprune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ecprune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+

@@ -1,0 +1,1 @@
+"""Datasets of the paper's experiments, loaded or generated offline."""
