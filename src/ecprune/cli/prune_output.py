@@ -117,20 +117,27 @@ def _shape(shape: list[int] | tuple[int, int]) -> str:
     return "x".join(map(str, shape))
 
 
+def _columns(rows: list[list[str]]) -> list[str]:
+    """Left-align the first column, right-align the others."""
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) if k == 0 else cell.rjust(w)
+                      for k, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            for row in rows]
+
+
 def format_table(report: dict) -> str:
     """The short terminal summary of a report from :func:`build_report`."""
-    lines = [f"{'layer':<14} {'shape':>11} {'kept/total':>17} {'sparsity':>8} "
-             f"{'threshold':>10} {'pred. error':>11}"]
+    rows = [["layer", "shape", "kept", "total", "sparsity", "threshold", "predicted (rel.)"]]
     for name, layer in report["layers"].items():
-        lines.append(f"{name:<14} {_shape(layer['shape']):>11} "
-                     f"{layer['kept']:>8}/{layer['total']:<8} {layer['sparsity']:>8.3f} "
-                     f"{_number(layer['threshold']):>10} "
-                     f"{_number(layer['relative_predicted_error']):>11}")
-    lines.append(f"{'total':<14} {'':>11} {report['kept']:>8}/{report['total']:<8} "
-                 f"{report['sparsity']:>8.3f}")
-    lines.append(f"relative output error: predicted {_number(report['relative_predicted_error'])}"
-                 f", measured {_number(report['relative_measured_error'])} "
-                 f"({report['method']}, {report['samples']} samples)")
+        rows.append([name, _shape(layer["shape"]), str(layer["kept"]), str(layer["total"]),
+                     f"{layer['sparsity']:.3f}", _number(layer["threshold"]),
+                     _number(layer["relative_predicted_error"])])
+    rows.append(["total", "", str(report["kept"]), str(report["total"]),
+                 f"{report['sparsity']:.3f}", "", _number(report["relative_predicted_error"])])
+    lines = _columns(rows)
+    lines.append(f"relative output error on {report['samples']} samples: predicted "
+                 f"{_number(report['relative_predicted_error'])}, measured "
+                 f"{_number(report['relative_measured_error'])}")
     compaction = report["compaction"]
     if compaction is not None:
         dense, small = compaction["dense_shapes"], compaction["compact_shapes"]
