@@ -85,6 +85,18 @@ def measure(min_run_time: float, repeats: int) -> list[dict]:
     return rows
 
 
+def markdown(rows: list[dict]) -> str:
+    """One row per network and batch size; each cell: dense / sparse microseconds (speed-up)."""
+    lines = ["| network | batch | " + " | ".join(f"sparsity {s}" for s in SPARSITIES) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in SPARSITIES) + " |"]
+    for name in NETWORKS:
+        for batch in BATCHES:
+            cells = [f"{r['dense_us']:.0f} / {r['sparse_us']:.0f} (x{r['speedup']:.2f})"
+                     for r in rows if r["network"] == name and r["batch"] == batch]
+            lines.append(f"| {name} | {batch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -114,11 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{datetime.date.today()}, {cpu_name()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {args.threads} thread(s), load average {before[0]:.2f} before "
           f"and {after[0]:.2f} after\n")
-    print("| network | sparsity | batch | dense (us) | sparse CSR (us) | speed-up |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['network']} | {r['sparsity']} | {r['batch']} | {r['dense_us']} | "
-              f"{r['sparse_us']} | {r['speedup']} |")
+    print(markdown(rows))
     with args.csv.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -196,6 +196,8 @@ def existing(work):
     (lambda d: None, ["model.pt", "inputs.npy", "--trust-model", "--method", "obd"],
      "Unknown --method 'obd'; choose one of ecp"),
     (lambda d: None, ["model.pt", "inputs.npy"], "holds pickled Python objects"),
+    (lambda d: None, ["model.pt", "inputs.npy", "--trust-model", "--device", "abacus"],
+     "Unknown --device 'abacus'"),
     (lambda d: None, ["model.pt", "inputs.npy", "--trust-model", "--method", "gradient"],
      "--method gradient needs targets"),
     (lambda d: None, ["weights.pt", "inputs.npy"], "holds a state dict, not a model"),

@@ -46,6 +46,16 @@ def test_min_sparsity_leaves_denser_layers_dense():
     assert isinstance(sparse[0], ecprune.SparseLinear) and isinstance(sparse[2], nn.Linear)
 
 
+def test_empty_layers_left_by_compaction_convert():
+    model = mlp([3, 4, 2], nn.Tanh, seed=4)
+    with torch.no_grad():
+        model[0].weight.zero_()
+    small = ecprune.compact(model)  # (0, 3) and (2, 0) weights
+    x = torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(ecprune.to_sparse(small)(x), model(x).detach(),
+                               **TOLERANCE[torch.float64])
+
+
 def test_the_input_model_is_not_modified_and_a_single_linear_converts():
     linear = nn.Linear(3, 2)
     sparse = ecprune.to_sparse(linear)
@@ -59,3 +69,13 @@ def test_wrong_widths_and_bad_options_are_reported():
     with pytest.raises(ValueError, match=r"'min_sparsity' parameter of to_sparse must be a float "
                                          r"in the range \[0.0, 1.0\]. Got 2"):
         ecprune.to_sparse(nn.Linear(3, 2), min_sparsity=2)
+
+
+def test_bake_masks_makes_pruned_weights_plain_parameters_in_place():
+    model = mlp([4, 6, 2], nn.ReLU, seed=3)
+    ecprune.prune(model, torch.randn(50, 4, dtype=torch.float64), 0.5)
+    masked = [(m.weight_orig * m.weight_mask).detach() for m in model[::2]]
+    assert ecprune.bake_masks(model) is model
+    for layer, expected in zip(model[::2], masked, strict=True):
+        assert isinstance(layer.weight, nn.Parameter) and not hasattr(layer, "weight_mask")
+        assert torch.equal(layer.weight.detach(), expected)

@@ -19,6 +19,7 @@ from .api import (
 from .budget import BudgetChoice, budget_sparsity, prune_to_budget
 from .compaction import compact, layer_shapes
 from .criteria import CRITERIA, LayerImportance
+from .layers import bake_masks
 from .measure import OutputError, output_error
 from .sparse import SparseLinear, to_sparse
 
@@ -37,6 +38,7 @@ __all__ = [
     "PruneReport",
     "SparseLinear",
     "__version__",
+    "bake_masks",
     "budget_sparsity",
     "compact",
     "importance",

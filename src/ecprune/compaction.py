@@ -15,9 +15,8 @@ import itertools
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
-from .layers import copy_model
+from .layers import bake_masks, copy_model
 from .statistics import eval_mode
 
 # Modules that act on each feature separately, so a neuron can be removed from them.
@@ -129,10 +128,7 @@ def compact(model: nn.Module) -> nn.Module:
     True
     """
     _segments(model)  # fail before copying
-    result = copy_model(model)
-    for module in result.modules():
-        if isinstance(module, nn.Linear) and hasattr(module, "weight_orig"):
-            torch_prune.remove(module, "weight")
+    result = bake_masks(copy_model(model))
     segments = _segments(result)
     changed = True
     with torch.no_grad():

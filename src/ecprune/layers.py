@@ -99,3 +99,15 @@ def copy_model(model: nn.Module) -> nn.Module:
     memo = {id(m.weight): m.weight.detach().clone() for m in model.modules()
             if isinstance(m, nn.Linear) and hasattr(m, "weight_orig")}
     return copy.deepcopy(model, memo)
+
+
+def bake_masks(model: nn.Module) -> nn.Module:
+    """Make the pruning masks of every ``nn.Linear`` permanent, in place; return ``model``.
+
+    ``torch.nn.utils.prune.remove`` on each masked weight: ``weight = weight_orig * mask``
+    becomes a plain Parameter, and the mask and hook are dropped.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and hasattr(module, "weight_orig"):
+            torch_prune.remove(module, "weight")
+    return model

@@ -9,13 +9,13 @@ only: the CSR weights are buffers, not trainable parameters.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
-from .layers import copy_model
+from .layers import bake_masks, copy_model
 
 # PyTorch warns once that CSR support is "in beta"; it is the documented way to hold CSR data.
 _CSR_BETA_WARNING = "Sparse CSR tensor support is in beta"
@@ -63,7 +63,7 @@ class SparseLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects {self.in_features} input features; got an "
                              f"input of shape {tuple(x.shape)}.")
-        flat = x.reshape(-1, self.in_features).T  # (in, B)
+        flat = x.reshape(math.prod(x.shape[:-1]), self.in_features).T  # (in, B)
         if self.bias is None:
             out = torch.sparse.mm(self.weight, flat)
         else:
@@ -96,13 +96,11 @@ def to_sparse(model: nn.Module, *, min_sparsity: float = 0.0) -> nn.Module:
                          f"[0.0, 1.0]. Got {min_sparsity!r} instead.")
     if isinstance(model, nn.Linear):
         return to_sparse(nn.Sequential(model), min_sparsity=min_sparsity)[0]
-    result = copy_model(model)
+    result = bake_masks(copy_model(model))
     targets = [name for name, m in result.named_modules() if isinstance(m, nn.Linear)]
     for name in targets:
         linear = result.get_submodule(name)
-        if hasattr(linear, "weight_orig"):
-            torch_prune.remove(linear, "weight")
-        zeros = (linear.weight == 0).sum().item() / linear.weight.numel()
+        zeros = (linear.weight == 0).sum().item() / max(1, linear.weight.numel())
         if zeros >= min_sparsity:
             result.set_submodule(name, SparseLinear.from_linear(linear))
     return result

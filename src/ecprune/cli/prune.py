@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 from torch.utils.data import TensorDataset
 
 import ecprune
@@ -75,6 +74,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--sparsity must be in [0, 1); got {args.sparsity}.")
     if args.error_budget is not None and not 0 <= args.error_budget < math.inf:
         raise ValueError(f"--error-budget must be a finite number >= 0; got {args.error_budget}.")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"Unknown --device {args.device!r}; expected e.g. cpu or cuda.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch finds no CUDA device on this machine.")
     if args.max_samples is not None and args.max_samples < 1:
         raise ValueError(f"--max-samples must be >= 1; got {args.max_samples}.")
 
@@ -101,9 +106,7 @@ def prune_model(model: nn.Module, data: LoadedData, args: argparse.Namespace) ->
         sparsity = ecprune.budget_sparsity(model, scores, args.error_budget).sparsity
     report = ecprune.prune_by_importance(model, scores, sparsity, args.scope,
                                          add_bias=args.add_bias)
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and hasattr(module, "weight_orig"):
-            torch_prune.remove(module, "weight")
+    ecprune.bake_masks(model)
     pruning = time.perf_counter() - start
     measured = ecprune.output_error(dense, model, data.inputs, chunk_size=args.chunk_size,
                                     progress=options["progress"])
