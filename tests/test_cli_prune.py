@@ -247,3 +247,14 @@ def test_console_errors_have_no_traceback_and_help_has_examples(work):
     shown = subprocess.run([sys.executable, "-m", "ecprune", "prune", "--help"],
                            capture_output=True, text=True, check=True).stdout
     assert "examples:" in shown and "--trust-model" in shown and "--error-budget" in shown
+
+
+def test_layer_scope_and_a_subset_of_layers(work):
+    assert run("model.pt", "inputs.npy", "--trust-model", "--sparsity", 0.5, "--scope", "layer",
+               "--layers", "0,4", "--method", "magnitude", "-o", "out.pt", "-q") == 0
+    report = json.loads((work["dir"] / "out.json").read_text())
+    assert list(report["layers"]) == ["0", "4"]
+    assert [layer["sparsity"] for layer in report["layers"].values()] == [0.5, 0.5]
+    assert report["predicted_error"] is None and report["measured_error"] > 0
+    pruned = torch.load(work["dir"] / "out.pt", weights_only=False)
+    assert int((pruned[2].weight == 0).sum()) == 0
