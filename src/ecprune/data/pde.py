@@ -168,8 +168,7 @@ def solve_sample(sample: int, problem: DiffSorpProblem, grid: DiffSorpGrid,
 def cache_key(sample: int, problem: DiffSorpProblem, grid: DiffSorpGrid,
               solver: SolverSettings) -> str:
     """SHA-256 of every setting that changes the numbers, including the code version."""
-    import scipy
-
+    scipy = _scipy()
     settings = {"problem": asdict(problem), "grid": asdict(grid), "solver": asdict(solver),
                 "sample": sample, "solver_version": SOLVER_VERSION,
                 "numpy": np.__version__, "scipy": scipy.__version__}
@@ -238,7 +237,7 @@ def diffusion_sorption(
     DiffSorpData with ``u`` of shape (len(samples), n_times, n_cells), float64.
 
     >>> data = diffusion_sorption([0, 1], n_cells=32, n_times=3, cache=False, progress=False)
-    >>> data.u.shape, data.t.tolist(), round(data.u0[0], 6)
+    >>> data.u.shape, data.t.tolist(), round(float(data.u0[0]), 6)
     ((2, 3, 32), [0.0, 250.0, 500.0], 0.109763)
     """
     samples = _check_samples(samples)
