@@ -4,6 +4,7 @@ conservation, the maximum principle and itself at tighter tolerances; the cache.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -230,3 +231,9 @@ def test_bad_arguments_are_named(kwargs, error, match):
     kwargs = {"samples": [0], **kwargs}
     with pytest.raises(error, match=match):
         diffusion_sorption(kwargs.pop("samples"), **{**SOLVE, **kwargs})
+
+
+def test_missing_scipy_gives_an_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.integrate", None)
+    with pytest.raises(ImportError, match=r"needs SciPy: pip install 'ecprune\[experiments\]'"):
+        diffusion_sorption([0], **{**SMALL, "cache": False})

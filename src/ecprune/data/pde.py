@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import zipfile
 from collections.abc import Iterable
@@ -133,7 +134,7 @@ def _scipy():
     try:
         import scipy.integrate
         import scipy.sparse
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    except ImportError as exc:
         raise ImportError(
             "ecprune.data.diffusion_sorption needs SciPy: pip install 'ecprune[experiments]' "
             "(or pip install scipy)."
@@ -286,10 +287,17 @@ def _solve_all(samples: list[int], problem: DiffSorpProblem, grid: DiffSorpGrid,
                 yield solve_sample(i, problem, grid, solver)
                 bar.update()
             return
-        with ProcessPoolExecutor(max_workers=min(workers, n)) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=_pool_context()) as pool:
             for u in pool.map(solve_sample, samples, [problem] * n, [grid] * n, [solver] * n):
                 yield u
                 bar.update()
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """``forkserver`` where available (Python 3.14's default on POSIX): forking a process
+    that already runs torch's threads can deadlock, and Python >= 3.12 warns about it."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def _check_samples(samples: object) -> tuple[int, ...]:
