@@ -237,3 +237,10 @@ def test_missing_scipy_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.integrate", None)
     with pytest.raises(ImportError, match=r"needs SciPy: pip install 'ecprune\[experiments\]'"):
         diffusion_sorption([0], **{**SMALL, "cache": False})
+
+
+@pytest.mark.parametrize(("field", "value"), [("diffusivity", 0.0), ("porosity", 1.5),
+                                              ("n_f", -1.0), ("u0_high", -0.1)])
+def test_bad_problem_constants_are_named(field, value):
+    with pytest.raises(ValueError, match=f"DiffSorpProblem needs .* Got {field}={value!r}"):
+        DiffSorpProblem(**{field: value})

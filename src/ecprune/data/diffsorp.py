@@ -92,7 +92,7 @@ def diffsorp_dataset(
     workers, progress : passed to :func:`diffusion_sorption` when ``data`` is None.
 
     >>> from ecprune.data import diffusion_sorption
-    >>> data = diffusion_sorption(range(10), n_cells=128, cache=False, progress=False)
+    >>> data = diffusion_sorption(range(10), n_cells=128, cache=False, workers=1)
     >>> ds = diffsorp_dataset(noise=0.01, data=data, progress=False)
     >>> tuple(ds.train_inputs.shape), tuple(ds.test_targets.shape), ds.test_samples
     ((5120, 68), (1280, 1), (4, 9))

@@ -67,6 +67,18 @@ class DiffSorpProblem:
     u0_low: float = 0.0
     u0_high: float = 0.2
 
+    def __post_init__(self):
+        checks = {"diffusivity": self.diffusivity > 0, "porosity": 0 < self.porosity <= 1,
+                  "rho_s": self.rho_s >= 0, "k_f": self.k_f >= 0, "n_f": self.n_f > 0,
+                  "sorption_offset": self.sorption_offset >= 0, "length": self.length > 0,
+                  "u0_high": self.u0_low <= self.u0_high}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"DiffSorpProblem needs diffusivity > 0, 0 < porosity <= 1, rho_s, k_f, "
+                    f"sorption_offset >= 0, n_f > 0, length > 0 and u0_low <= u0_high. "
+                    f"Got {name}={getattr(self, name)!r}.")
+
     def retardation(self, u: np.ndarray) -> np.ndarray:
         """Freundlich retardation factor ``R(u)``."""
         beta = (1.0 - self.porosity) / self.porosity * self.rho_s * self.k_f * self.n_f
@@ -237,7 +249,7 @@ def diffusion_sorption(
     -------
     DiffSorpData with ``u`` of shape (len(samples), n_times, n_cells), float64.
 
-    >>> data = diffusion_sorption([0, 1], n_cells=32, n_times=3, cache=False, progress=False)
+    >>> data = diffusion_sorption([0, 1], n_cells=32, n_times=3, cache=False, workers=1)
     >>> data.u.shape, data.t.tolist(), round(float(data.u0[0]), 6)
     ((2, 3, 32), [0.0, 250.0, 500.0], 0.109763)
     """
