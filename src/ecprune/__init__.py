@@ -7,6 +7,7 @@
 (56, 112)
 """
 
+from . import distributed
 from .api import (
     Importances,
     LayerReport,
@@ -41,6 +42,7 @@ __all__ = [
     "bake_masks",
     "budget_sparsity",
     "compact",
+    "distributed",
     "importance",
     "layer_shapes",
     "output_error",
