@@ -11,6 +11,7 @@ from a user's files.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -49,9 +50,23 @@ def prepare(folder: Path) -> None:
             .astype(np.float32))
 
 
+# One thread: on a shared 2-core machine, OpenMP threads spinning against other jobs make small
+# training loops many times slower (measured 48 s with 2 threads against 2 s with 1).
+THREADS = 1
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_command(argv: list[str], folder: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     result = subprocess.run([sys.executable, "-m", "ecprune", *argv[1:]], cwd=folder,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=env)
     assert result.returncode == 0, f"{shlex.join(argv)} failed:\n{result.stderr}"
 
 
@@ -67,7 +82,7 @@ def test_the_readme_quick_start_is_the_two_make_commands():
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_examples_run(page, tmp_path, monkeypatch):
+def test_examples_run(page, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # as for a script run from that folder
     modules = set(sys.modules)
