@@ -191,9 +191,9 @@ def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
     amount = group.add_mutually_exclusive_group(required=True)
     amount.add_argument("--sparsity", type=float, metavar="R",
                         help="fraction of the weights to remove, in [0, 1)")
-    amount.add_argument("--error-budget", type=float, metavar="E",
+    amount.add_argument("--error-budget", type=float, metavar="BUDGET",
                         help="remove as many weights as keep the predicted relative output "
-                             "error sum(I)/E||y||^2 <= E (global scope)")
+                             "error sum(I) / E||y||^2 <= BUDGET (global scope)")
     group.add_argument("--method", default="ecp",
                        help=f"one of {', '.join(ecprune.METHODS)} (default: ecp)")
     group.add_argument("--scope", default="global",
@@ -227,7 +227,7 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prune", help="prune your model on your data; write the model and a report",
-        description="Prune the nn.Linear weights of MODEL, scored on the inputs in DATA, and "
+        description="Prune the nn.Linear weights of MODEL, scored on the inputs in DATA, and\n"
                     "write the pruned model (masks baked in), a JSON report and a table.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
