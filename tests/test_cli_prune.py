@@ -258,3 +258,25 @@ def test_layer_scope_and_a_subset_of_layers(work):
     assert report["predicted_error"] is None and report["measured_error"] > 0
     pruned = torch.load(work["dir"] / "out.pt", weights_only=False)
     assert int((pruned[2].weight == 0).sum()) == 0
+
+
+def test_pickled_custom_class_loads_with_path(work, capsys, monkeypatch):
+    name = f"custom_{uuid.uuid4().hex[:8]}"
+    (work["dir"] / "lib").mkdir()
+    (work["dir"] / "lib" / f"{name}.py").write_text(
+        "import torch\n\n\nclass Net(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        f"        self.body = torch.nn.Sequential(torch.nn.Linear({N_IN}, 8), torch.nn.ReLU(),"
+        f" torch.nn.Linear(8, {N_OUT}))\n\n"
+        "    def forward(self, x):\n        return self.body(x)\n")
+    with monkeypatch.context() as patch:
+        patch.syspath_prepend(str(work["dir"] / "lib"))
+        module = __import__(name)
+        torch.save(module.Net(), work["dir"] / "custom.pt")
+    del sys.modules[name]  # as in a fresh process
+    err = cli_error(capsys, "custom.pt", "inputs.npy", "--trust-model", "--sparsity", 0.5)
+    assert f"No module named '{name}'" in err and "pass --path FOLDER" in err
+    assert run("custom.pt", "inputs.npy", "--trust-model", "--path", "lib", "--sparsity", 0.5,
+               "-o", "out.pt", "-q") == 0
+    assert json.loads((work["dir"] / "out.json").read_text())["layers"].keys() == {"body.0",
+                                                                                     "body.2"}
