@@ -9,10 +9,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._validation import check_positive_int
 from .batching import iter_batches
 from .layers import model_dtype_device
-from .statistics import ACCUMULATE_DTYPE, eval_mode, forward
+from .statistics import ACCUMULATE_DTYPE, eval_mode, forward, progress_disabled
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ def output_error(reference: nn.Module, model: nn.Module, data: object, *, chunk_
     """Exact mean squared output change of ``model`` against ``reference`` over ``data``.
 
     Both run in eval mode without gradients; outputs (or ``output_fn(output)``) are flattened
-    per sample, as for the sensitivities, and sums are kept in float64.
+    per sample, as for the sensitivities, and sums are kept in float64. Under
+    ``torch.distributed`` each rank measures its share of ``data`` and the sums are all-reduced.
 
     Examples
     --------
@@ -52,10 +54,12 @@ def output_error(reference: nn.Module, model: nn.Module, data: object, *, chunk_
     dtype, device = model_dtype_device(model)
     error = size = 0.0
     count = 0
-    batches = iter_batches(data, chunk_size=chunk_size, device=device, dtype=dtype)
+    rank, world_size = distributed.world()
+    batches = iter_batches(data, chunk_size=chunk_size, device=device, dtype=dtype, rank=rank,
+                           world_size=world_size)
     with torch.no_grad(), eval_mode(reference), eval_mode(model):
         for batch in tqdm(batches, desc="measure", unit="chunk", leave=False,
-                          disable=None if progress is None else not progress):
+                          disable=progress_disabled(progress)):
             expected = forward(reference, batch.inputs, output_fn)[1].to(ACCUMULATE_DTYPE)
             actual = forward(model, batch.inputs, output_fn)[1].to(ACCUMULATE_DTYPE)
             if actual.shape != expected.shape:
@@ -66,6 +70,10 @@ def output_error(reference: nn.Module, model: nn.Module, data: object, *, chunk_
             error += (actual - expected).square().sum().item()
             size += expected.square().sum().item()
             count += len(batch.inputs)
+    if distributed.is_distributed():
+        totals = torch.tensor([error, size, count], dtype=ACCUMULATE_DTYPE)
+        distributed.all_reduce_sum(totals)
+        error, size, count = totals[0].item(), totals[1].item(), int(totals[2].item())
     if count == 0:
         raise ValueError("The 'data' parameter holds no samples; expected at least one input.")
     return OutputError(mean_sq_error=error / count, mean_output_sq=size / count, count=count)

@@ -311,7 +311,7 @@ def collect_statistics(
     def stream() -> None:
         with eval_mode(model), LayerTape(layers, differentiable=needs_graph) as tape:
             for batch in tqdm(batches, desc="statistics", unit="chunk",
-                              disable=_disable(progress), leave=False):
+                              disable=progress_disabled(progress), leave=False):
                 tape.clear()
                 with torch.set_grad_enabled(needs_graph):
                     raw, output = forward(model, batch.inputs, output_fn)
@@ -335,7 +335,7 @@ def _check_all_layers_ran(tape: LayerTape, layers: dict[str, nn.Linear]) -> None
         )
 
 
-def _disable(progress: bool | None) -> bool | None:
+def progress_disabled(progress: bool | None) -> bool | None:
     """tqdm's ``disable``: None shows a bar only on a terminal, and only on rank 0."""
     if not distributed.is_main_process():
         return True

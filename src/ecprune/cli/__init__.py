@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..distributed import RankFailure
 from . import info, prune
 
 COMMANDS = (info, prune)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args) or 0
-    except (CliError, ValueError, TypeError, OSError) as err:
+    except (CliError, ValueError, TypeError, OSError, RankFailure) as err:
         message = " ".join(str(err).split())  # one line, whatever the message
         print(f"ecprune {args.command}: error: {message}", file=sys.stderr)
         return 2

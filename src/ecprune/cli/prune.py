@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import ecprune
+from ecprune import distributed
 from ecprune.api import SCOPES
 from ecprune.criteria import CRITERIA, LOSSES
 from ecprune.layers import copy_model, model_dtype_device, select_layers
@@ -35,6 +36,10 @@ EPILOG = """examples:
 
   # remove as many weights as keep ECP's predicted relative output error under 1%
   ecprune prune model.pt inputs.npy --trust-model --error-budget 0.01 --compact
+
+  # the same on 2 processes (torch.distributed): each scores half of the data
+  torchrun --standalone --nproc-per-node 2 -m ecprune prune model.pt inputs.npy \\
+      --trust-model --sparsity 0.9 -o pruned.pt
 
   # gradient baseline: targets from a CSV column, on a random 5000-sample subset
   ecprune prune model.pt train.csv --trust-model --method gradient --target-column label \\
@@ -129,8 +134,20 @@ def compact_model(model: nn.Module, data: LoadedData) -> tuple[nn.Module, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
+    """Under ``torchrun`` every rank loads the same files and scores its share of the data;
+    rank 0 alone writes and prints."""
     check_arguments(args)
+    args.device = distributed.local_device(args.device)
+    created = distributed.init_from_environment(args.device, timeout_seconds=args.dist_timeout)
+    try:
+        return prune_and_write(args)
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+
+
+def prune_and_write(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
     outputs: Outputs = plan_outputs(args.output, args.report, force=args.force)
     model = load_model(args.model, weights=args.weights, trust=args.trust_model, paths=args.path)
     model = model.to(args.device)
@@ -153,9 +170,10 @@ def run(args: argparse.Namespace) -> int:
     result = build_report(args, data, pruned.report, pruned.measured, shapes=shapes,
                           seconds=seconds,
                           compaction=compaction, outputs=outputs, model_format=fmt)
-    write_outputs(outputs, saved.cpu(), result, model_format=fmt, force=args.force)
-    if not args.quiet:
-        print(format_table(result))
+    if distributed.is_main_process():
+        write_outputs(outputs, saved.cpu(), result, model_format=fmt, force=args.force)
+        if not args.quiet:
+            print(format_table(result))
     return 0
 
 
@@ -184,6 +202,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="folder to import the factory's module (or the pickled model's "
                             "classes) from; repeatable")
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    group.add_argument("--dist-timeout", type=float, default=600, metavar="SECONDS",
+                       help="under torchrun: how long a rank waits for the others before "
+                            "failing (default: 600)")
 
 
 def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
