@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import info
+from . import info, reproduce
 
-COMMANDS = (info,)
+COMMANDS = (info, reproduce)
 
 EPILOG = """examples:
   ecprune info
+  ecprune reproduce mnist --quick --out /tmp/mnist-quick
 """
 
 

@@ -86,6 +86,8 @@ def run_experiment(config: ExperimentConfig, load: Loader, *, out: str | Path,
             _run_here(config, todo, load, out, device, threads, bar, on_rows)
         else:
             _run_pool(config, todo, load, out, device, workers, threads, bar)
+    if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
+        (out / "checkpoints").rmdir()
     computed = len(results.done()) - len(done)
     return RunReport(results.path, timings.path, per_job * len(jobs), computed,
                      time.perf_counter() - start)
