@@ -54,7 +54,7 @@ class CsvStore:
         text = handle.read()
         if not text:
             return
-        header = text.split("\n", 1)[0].split(",")
+        header = next(csv.reader(text.splitlines()[:1]))
         if tuple(header) != self.fields:
             raise ValueError(f"{self.path} has the columns {header}, not {list(self.fields)}; "
                              "write to another --out directory.")
