@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import info, reproduce
+from . import info, report, reproduce
 
-COMMANDS = (info, reproduce)
+COMMANDS = (info, reproduce, report)
 
 EPILOG = """examples:
   ecprune info
   ecprune reproduce mnist --quick --out /tmp/mnist-quick
+  ecprune report /tmp/mnist-quick/mnist.csv
 """
 
 
