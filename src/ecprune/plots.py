@@ -44,8 +44,10 @@ STYLES: dict[str, Style] = {
 }
 # Methods not in the table get a colour of this palette chosen by a hash of their name.
 FALLBACK = plt.get_cmap("tab20b")
-# Log axes labelled 0.2, 0.3, ... rather than 2 x 10^-1.
+# Log axes labelled 0.1, 0.2, 0.3, 0.5, 1, ... rather than 10^-1, 2 x 10^-1.
 PLAIN = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+MINOR = matplotlib.ticker.FuncFormatter(
+    lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
 PHASE_TITLES = {"prune": "prune only", "finetune": "prune + fine-tune"}
 
 
@@ -101,7 +103,7 @@ def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: s
             if log:
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(PLAIN)
-                ax.yaxis.set_minor_formatter(PLAIN)
+                ax.yaxis.set_minor_formatter(MINOR)
             ax.grid(alpha=0.3, which="both" if log else "major")
     legend = {}
     for ax in axes.flat:
