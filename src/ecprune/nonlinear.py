@@ -14,7 +14,8 @@ and another ``nn.Linear``, removing ``W_ij`` changes only unit ``i``, so the nex
 changes by the rank-one term ``W'_{:,i} (sigma(u_i + d) - sigma(u_i))`` and only the modules
 after the next Linear run batched. When nothing follows the next Linear (and no ``output_fn``),
 the error is closed-form: ``||W'_{:,i}||^2 E[(sigma(u_i + d) - sigma(u_i))^2]``. On
-784-64-64-10 this is about ten times faster than the general path; the two agree to rounding.
+784-64-64-10 with 1024 samples this halves the CPU time of the general path
+(benchmarks/nonlinear_paths.py); the two agree to rounding.
 """
 
 from __future__ import annotations
