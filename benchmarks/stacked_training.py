@@ -10,8 +10,8 @@ For K masked 784-64-64-10 PReLU networks (the MNIST fine-tuning job of one seed:
 - ``stacked-foreach``: the same with foreach Adam, to show what fusing the optimizer buys.
 
 Run: ``python benchmarks/stacked_training.py --threads 1`` (a minute or two). Prints the time
-per step of all K networks and per MNIST epoch (469 steps); ratios within one run are robust,
-absolute seconds depend on the machine's load.
+per step of all K networks and per MNIST epoch (469 steps) in process CPU seconds (robust to
+other jobs on the machine; with one thread, wall time on an idle core).
 """
 
 from __future__ import annotations
@@ -45,26 +45,26 @@ def masked_models(count: int) -> list[torch.nn.Sequential]:
 
 def time_loop(models, x, y, steps: int) -> float:
     optimizers = [torch.optim.Adam(m.parameters()) for m in models]
-    start = time.perf_counter()
+    start = time.process_time()
     for model, optimizer in zip(models, optimizers, strict=True):
         for step in range(steps):
             batch = slice(step * BATCH, (step + 1) * BATCH)
             optimizer.zero_grad()
             F.cross_entropy(model(x[batch]), y[batch]).backward()
             optimizer.step()
-    return (time.perf_counter() - start) / steps
+    return (time.process_time() - start) / steps
 
 
 def time_stacked(models, x, y, steps: int, *, fused: bool) -> float:
     stacked = StackedMLP.from_models(models)
     optimizer = torch.optim.Adam(stacked.parameters(), fused=fused, foreach=not fused or None)
-    start = time.perf_counter()
+    start = time.process_time()
     for step in range(steps):
         batch = slice(step * BATCH, (step + 1) * BATCH)
         optimizer.zero_grad(set_to_none=True)
         stacked_losses(stacked(x[batch]), y[batch], "cross_entropy").sum().backward()
         optimizer.step()
-    return (time.perf_counter() - start) / steps
+    return (time.process_time() - start) / steps
 
 
 def main() -> None:
