@@ -48,6 +48,8 @@ FALLBACK = plt.get_cmap("tab20b")
 PLAIN = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
 MINOR = matplotlib.ticker.FuncFormatter(
     lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
+# ECP is drawn over the baselines it often coincides with (non-linear, its own ablation).
+ON_TOP = {"ecp": 3}
 PHASE_TITLES = {"prune": "prune only", "finetune": "prune + fine-tune"}
 
 
@@ -70,7 +72,7 @@ def _draw_method(ax, table: dict[Key, Cell], variant: str, arch: str, method: st
     ax.fill_between(ratios, [c.low for _, c in found], [c.high for _, c in found],
                     color=s.colour, alpha=0.15, linewidth=0)
     ax.plot(ratios, [c.mean for _, c in found], color=s.colour, marker=s.marker,
-            markersize=5, linewidth=1.3, label=s.label)
+            markersize=5, linewidth=1.3, label=s.label, zorder=ON_TOP.get(method, 2))
 
 
 def _draw_dense(ax, table: dict[Key, Cell], variant: str, arch: str) -> None:
