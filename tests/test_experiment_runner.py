@@ -11,8 +11,6 @@ import torch
 from ecprune.experiments import training
 from ecprune.experiments.config import (
     ExperimentConfig,
-    arch_name,
-    parse_arch,
     reduced_widths,
     weight_count,
 )
@@ -152,12 +150,6 @@ def test_reduced_widths_is_the_closest_uniform_shrink():
     uneven = reduced_widths((68, 64, 32, 32, 16, 16, 1), 4104)
     assert abs(weight_count(uneven) - 4104) < 0.05 * 4104
     assert uneven[1] >= uneven[2] >= uneven[4]
-
-
-def test_arch_names_round_trip_and_errors():
-    assert parse_arch(arch_name((784, 32, 32, 10))) == (784, 32, 32, 10)
-    with pytest.raises(ValueError, match="'784-x-10' is not of the form"):
-        parse_arch("784-x-10")
 
 
 @pytest.mark.parametrize("change,message", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import ecprune
 
@@ -19,18 +19,6 @@ LOSSES = ("cross_entropy", "mse")
 def arch_name(widths: Sequence[int]) -> str:
     """``(784, 32, 32, 10)`` -> ``"784-32-32-10"``."""
     return "-".join(str(w) for w in widths)
-
-
-def parse_arch(name: str) -> tuple[int, ...]:
-    """``"784-32-32-10"`` -> ``(784, 32, 32, 10)``."""
-    try:
-        widths = tuple(int(part) for part in name.split("-"))
-    except ValueError:
-        widths = ()
-    if len(widths) < 3 or min(widths) < 1:
-        raise ValueError(f"Architecture {name!r} is not of the form 'IN-HIDDEN-...-OUT' with at "
-                         "least one hidden layer and positive widths, e.g. '784-32-32-10'.")
-    return widths
 
 
 def weight_count(widths: Sequence[int]) -> int:
@@ -98,6 +86,3 @@ class ExperimentConfig:
     def baseline_epochs(self) -> int:
         """Training epochs of the width-reduced dense baseline: the same budget."""
         return self.epochs + self.finetune_epochs
-
-    def with_seeds(self, seeds: Sequence[int]) -> ExperimentConfig:
-        return replace(self, seeds=tuple(seeds))
