@@ -8,21 +8,35 @@ hook, so the layers upstream of the perturbed one run once per block, not once p
 Models that vmap cannot run (in-place writes into unbatched tensors) fall back to tiling the
 inputs. Cost: ``|W| x samples x`` (downstream forward), hence the expectation over a seeded
 subsample of the data.
+
+Fast path for ``nn.Sequential`` MLPs: when the layer is followed by an elementwise activation
+and another ``nn.Linear``, removing ``W_ij`` changes only unit ``i``, so the next pre-activation
+changes by the rank-one term ``W'_{:,i} (sigma(u_i + d) - sigma(u_i))`` and only the modules
+after the next Linear run batched. When nothing follows the next Linear (and no ``output_fn``),
+the error is closed-form: ``||W'_{:,i}||^2 E[(sigma(u_i + d) - sigma(u_i))^2]``. On
+784-64-64-10 with 1024 samples this halves the CPU time of the general path
+(benchmarks/nonlinear_paths.py); the two agree to rounding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import vmap
 from tqdm.auto import tqdm
 
+from .layers import effective_weight
 from .statistics import LayerTape, eval_mode, forward
 
 # Elements of the perturbation block (weights x samples x layer width) pushed through at once.
 BLOCK_ELEMENTS = 2**22
+# Activations that act on each unit alone with no per-unit parameter (PReLU only with a single
+# slope): removing one weight then changes a single unit of the layer's output.
+ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
+               nn.Softplus, nn.Identity)
 
 
 def _perturbed_outputs(model: nn.Module, layer: nn.Linear, samples: torch.Tensor,
@@ -46,6 +60,63 @@ def _perturbed_outputs(model: nn.Module, layer: nn.Linear, samples: torch.Tensor
         return run(deltas.reshape(k * n, -1), tiled).reshape(k, n, -1)
 
 
+@dataclass(frozen=True)
+class _Chain:
+    """``layer -> activation -> next_linear -> tail`` inside an ``nn.Sequential``."""
+
+    activation: nn.Module
+    next_linear: nn.Linear
+    tail: nn.Sequential
+
+
+def _chain_after(model: nn.Module, layer: nn.Linear) -> _Chain | None:
+    """The fast path's structure after ``layer``, or None when the model is not such an MLP."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    modules = list(model)
+    position = next((k for k, m in enumerate(modules) if m is layer), None)
+    if position is None or position + 2 >= len(modules):
+        return None
+    activation, next_linear = modules[position + 1], modules[position + 2]
+    elementwise = isinstance(activation, ELEMENTWISE) and not (
+        isinstance(activation, nn.PReLU) and activation.weight.numel() != 1)
+    if not elementwise or not isinstance(next_linear, nn.Linear):
+        return None
+    return _Chain(activation, next_linear, nn.Sequential(*modules[position + 3:]))
+
+
+def _general_block(model, layer, samples, dense, output_fn):
+    """Errors of a block via a forward hook that adds each perturbation to the layer's output."""
+
+    def errors(rows: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        k, n = signal.shape
+        deltas = torch.zeros(k, n, layer.out_features, dtype=signal.dtype, device=signal.device)
+        deltas[torch.arange(k), :, rows] = signal
+        outputs = _perturbed_outputs(model, layer, samples, deltas, output_fn)
+        return (outputs - dense).square().sum(-1).mean(-1)
+
+    return errors
+
+
+def _chain_block(chain: _Chain, pre: torch.Tensor, next_pre: torch.Tensor, dense, output_fn):
+    """Errors of a block by the rank-one update of the next pre-activation (see module doc)."""
+    column = effective_weight(chain.next_linear).T  # (n_layer, n_next)
+    closed_form = len(chain.tail) == 0 and output_fn is None
+
+    def errors(rows: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        unit = pre[:, rows].T  # (K, n)
+        change = chain.activation(unit + signal) - chain.activation(unit)  # (K, n)
+        if closed_form:
+            return column[rows].square().sum(1) * change.square().mean(1)
+        perturbed = torch.addcmul(next_pre, change[:, :, None], column[rows][:, None, :])
+        output = chain.tail(perturbed.reshape(-1, perturbed.shape[-1]))
+        output = output if output_fn is None else output_fn(output)
+        output = output.reshape(*signal.shape, -1)
+        return (output - dense).square().sum(-1).mean(-1)
+
+    return errors
+
+
 def brute_force_errors(
     model: nn.Module,
     name: str,
@@ -62,21 +133,26 @@ def brute_force_errors(
     Returns a tensor shaped like ``weight``; weights already zero score 0.
     """
     with torch.no_grad(), eval_mode(model):
-        with LayerTape({name: layer}, differentiable=False) as tape:
+        chain = _chain_after(model, layer)
+        taped = {name: layer} if chain is None else {name: layer, "next": chain.next_linear}
+        with LayerTape(taped, differentiable=False) as tape:
             dense = forward(model, samples, output_fn)[1]
         centred = tape.inputs[name] - mean_input.to(samples.dtype)  # (n, n_in)
-        n, n_out_layer = len(samples), layer.out_features
+        n = len(samples)
+        if chain is None:
+            errors_of = _general_block(model, layer, samples, dense, output_fn)
+            width = layer.out_features
+        else:
+            errors_of = _chain_block(chain, tape.outputs[name], tape.outputs["next"], dense,
+                                     output_fn)
+            width = chain.next_linear.out_features
         flat = torch.nonzero(weight.reshape(-1)).squeeze(1)
         errors = torch.zeros(weight.numel(), dtype=weight.dtype, device=weight.device)
-        block = max(1, BLOCK_ELEMENTS // (n * n_out_layer))
+        block = max(1, BLOCK_ELEMENTS // (n * width))
         for start in tqdm(range(0, len(flat), block), desc=f"nonlinear {name}", unit="block",
                           disable=None if progress is None else not progress, leave=False):
             index = flat[start : start + block]
             rows, cols = index // weight.shape[1], index % weight.shape[1]
-            deltas = torch.zeros(len(index), n, n_out_layer, dtype=weight.dtype,
-                                 device=weight.device)
             removed_signal = weight[rows, cols, None] * centred[:, cols].T  # (K, n)
-            deltas[torch.arange(len(index)), :, rows] = -removed_signal
-            outputs = _perturbed_outputs(model, layer, samples, deltas, output_fn)
-            errors[index] = (outputs - dense).square().sum(-1).mean(-1)
+            errors[index] = errors_of(rows, -removed_signal)
     return errors.reshape(weight.shape)

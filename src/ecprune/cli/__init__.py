@@ -10,14 +10,15 @@ import argparse
 import sys
 
 from ..distributed import RankFailure
-from . import info, prune
+from . import info, prune, report, reproduce
 
-COMMANDS = (info, prune)
+COMMANDS = (info, prune, reproduce, report)
 
 EPILOG = """examples:
   ecprune info
   ecprune prune model.pt inputs.npy --trust-model --sparsity 0.9 -o pruned.pt
-  ecprune prune --help
+  ecprune reproduce mnist --quick --out /tmp/mnist-quick
+  ecprune report /tmp/mnist-quick/mnist.csv
 """
 
 

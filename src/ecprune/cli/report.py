@@ -1,0 +1,53 @@
+"""``ecprune report RESULTS.csv``: figures and a markdown summary of a results CSV."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..experiments.store import RESULT_FIELDS, read_rows
+
+EPILOG = """examples:
+  ecprune report docs/results/mnist.csv --out docs/figures
+  ecprune report results/mnist.csv          # figures next to the CSV
+
+Writes NAME_ARCH_loss.png (and NAME_ARCH_accuracy.png for classification) per architecture
+and NAME_summary.md, and prints the summary.
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments.summary import experiment_report
+    from ..plots import experiment_figures
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise FileNotFoundError(f"No results CSV at {path}; run `ecprune reproduce` first.")
+    rows = read_rows(path)
+    missing = [f for f in RESULT_FIELDS if rows and f not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"{path} holds no result rows" + (f" (missing columns {missing})"
+                                                          if missing else "")
+                         + "; expected a CSV written by `ecprune reproduce`.")
+    out = Path(args.out) if args.out else path.parent
+    figures = experiment_figures(rows, out)
+    summary = experiment_report(rows)
+    summary_path = out / f"{path.stem}_summary.md"
+    summary_path.write_text(summary)
+    print(summary)
+    for figure in [*figures, summary_path]:
+        print(f"wrote {figure}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report", help="figures and a markdown summary of a results CSV",
+        description="Plot test loss (and accuracy) against the pruning ratio per method and "
+                    "architecture, and summarise the results with significance tests.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("results", help="results CSV written by `ecprune reproduce`")
+    parser.add_argument("--out", default=None,
+                        help="directory for figures and summary (default: the CSV's)")
+    parser.set_defaults(run=run)

@@ -1,0 +1,249 @@
+"""One job of an experiment: a (variant, architecture, seed) taken through the whole protocol.
+
+Units, in order, each skipped when its rows are already in the results CSV:
+
+1. ``train-dense``: train the dense network (kept as a checkpoint until the job ends);
+2. ``score-<method>``: score it once per method (scores kept as checkpoints too), prune a copy
+   at every ratio with :func:`ecprune.prune_by_importance`, evaluate ("prune" rows);
+3. ``finetune``: all pruned networks of the job fine-tuned at once as one stacked model, masks
+   frozen ("finetune" rows);
+4. ``fully-connected``: the width-reduced dense baselines, stacked, trained from scratch.
+
+Batched training checkpoints every epoch, so a killed job loses at most one epoch of a unit.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+import ecprune
+from ecprune.api import Importances
+from ecprune.criteria import LayerImportance
+
+from .config import ExperimentConfig, arch_name, reduced_widths, weight_count
+from .stacked import StackedMLP, mlp
+from .store import CsvStore, format_ratio, row_key
+from .training import TrainSettings, evaluate, train
+
+# Fine-tuning draws its batch order from its own stream, not a replay of the dense training's.
+FINETUNE_STREAM = 10_000
+FULLY_CONNECTED = "fully-connected"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and test tensors of one experiment variant, on the compute device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def to(self, device: str | torch.device) -> Split:
+        return Split(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test,
+                                               self.y_test)))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (variant, architecture, seed) of an experiment."""
+
+    variant: str
+    widths: tuple[int, ...]
+    seed: int
+
+    @property
+    def slug(self) -> str:
+        variant = f"{self.variant}-" if self.variant else ""
+        return f"{variant}{arch_name(self.widths)}-seed{self.seed}"
+
+
+def job_cells(config: ExperimentConfig) -> list[tuple[str, float, str]]:
+    """``(method, ratio, phase)`` of every result row of one job."""
+    cells = [("dense", 0.0, "dense")]
+    cells += [(m, r, p) for p in ("prune", "finetune") for m in config.methods
+              for r in config.ratios]
+    if config.fully_connected:
+        cells += [(FULLY_CONNECTED, r, "finetune") for r in config.ratios]
+    return cells
+
+
+def cell_key(config: ExperimentConfig, job: Job, method: str, ratio: float,
+             phase: str) -> tuple[str, ...]:
+    """The results-CSV key of one cell of ``job``."""
+    return row_key({"experiment": config.name, "variant": job.variant,
+                    "arch": arch_name(job.widths), "seed": job.seed, "method": method,
+                    "ratio": ratio, "phase": phase})
+
+
+def _save_importances(scores: Importances, path: Path) -> None:
+    torch.save({"method": scores.method, "seconds": scores.seconds,
+                "mean_output_sq": scores.mean_output_sq,
+                "layers": {name: (li.score, li.bias_shift) for name, li in scores.items()}}, path)
+
+
+def _load_importances(path: Path) -> Importances:
+    state = torch.load(path, weights_only=True)
+    layers = {name: LayerImportance(score, shift) for name, (score, shift)
+              in state["layers"].items()}
+    return Importances(layers, method=state["method"], seconds=state["seconds"],
+                       mean_output_sq=state["mean_output_sq"])
+
+
+class JobRunner:
+    """Runs the units of one job that the results CSV lacks; see the module docstring."""
+
+    def __init__(self, config: ExperimentConfig, job: Job, split: Split, *, results: CsvStore,
+                 timings: CsvStore, checkpoints: Path, done: set[tuple[str, ...]],
+                 on_rows: Callable[[list[dict]], None] | None = None):
+        self.config, self.job, self.split = config, job, split
+        self.results, self.timings, self.done = results, timings, done
+        self.checkpoints = checkpoints / job.slug
+        self.on_rows = on_rows
+        self.device = split.x_train.device
+
+    def row(self, method: str, ratio: float, phase: str, **values) -> dict:
+        return {"experiment": self.config.name, "variant": self.job.variant,
+                "arch": arch_name(self.job.widths), "seed": self.job.seed, "method": method,
+                "ratio": format_ratio(ratio), "phase": phase,
+                "total": weight_count(self.job.widths), **values}
+
+    def missing(self, method: str, ratio: float, phase: str) -> bool:
+        return cell_key(self.config, self.job, method, ratio, phase) not in self.done
+
+    def write(self, rows: list[dict]) -> None:
+        self.results.append(rows)
+        self.done.update(row_key(row) for row in rows)
+        if self.on_rows is not None:
+            self.on_rows(rows)
+
+    def record_time(self, unit: str, networks: int, epochs: int, seconds: float) -> None:
+        self.timings.append([{"experiment": self.config.name, "variant": self.job.variant,
+                              "arch": arch_name(self.job.widths), "seed": self.job.seed,
+                              "unit": unit, "networks": networks, "epochs": epochs,
+                              "seconds": f"{seconds:.3f}"}])
+
+    def settings(self, epochs: int, stream: int = 0) -> TrainSettings:
+        return TrainSettings(epochs=epochs, batch_size=self.config.batch_size,
+                             loss=self.config.loss, seed=self.job.seed + stream)
+
+    def evaluation_rows(self, model: StackedMLP, cells: list[tuple[str, float]], phase: str,
+                        epochs: int, extra: dict | None = None) -> list[dict]:
+        losses, accuracies = evaluate(model, self.split.x_test, self.split.y_test,
+                                      self.config.loss)
+        kept = [int(sum(m[k].sum() for m in model.masks())) for k in range(model.count)]
+        return [self.row(method, ratio, phase, kept=kept[k], epochs=epochs,
+                         test_loss=f"{losses[k].item():.8g}",
+                         test_accuracy="" if accuracies is None
+                         else f"{accuracies[k].item():.6g}", **(extra or {}).get(method, {}))
+                for k, (method, ratio) in enumerate(cells)]
+
+    def run(self) -> None:
+        """Run every missing unit of the job, then drop its checkpoints."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        cells = job_cells(self.config)
+        if any(self.missing(*cell) for cell in cells if cell[0] != FULLY_CONNECTED):
+            dense = self.dense()
+            scores = {method: self.prune_only(dense, method) for method in self.config.methods}
+            self.finetune(dense, scores)
+        if self.config.fully_connected:
+            self.fully_connected()
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+
+    def dense(self) -> torch.nn.Sequential:
+        """The trained dense network (from its checkpoint when there is one); writes its row."""
+        path = self.checkpoints / "dense.pt"
+        model = mlp(self.job.widths, seed=self.job.seed).to(self.device)
+        if path.is_file():
+            model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        else:
+            stacked = StackedMLP.from_models([model])
+            seconds = train(stacked, self.split.x_train, self.split.y_train,
+                            self.settings(self.config.epochs),
+                            checkpoint=self.checkpoints / "dense-training.pt")
+            self.record_time("train-dense", 1, self.config.epochs, seconds)
+            model = stacked.network(0)
+            torch.save(model.state_dict(), path)
+        if self.missing("dense", 0.0, "dense"):
+            self.write(self.evaluation_rows(StackedMLP.from_models([model]), [("dense", 0.0)],
+                                            "dense", self.config.epochs))
+        return model
+
+    def importances(self, dense: torch.nn.Sequential, method: str) -> Importances:
+        """Scores of ``method`` on the training set (from the checkpoint when there is one)."""
+        path = self.checkpoints / f"scores-{method}.pt"
+        if path.is_file():
+            return _load_importances(path)
+        data = TensorDataset(self.split.x_train, self.split.y_train)
+        scores = ecprune.importance(dense, data, method, seed=self.job.seed,
+                                    nonlinear_samples=self.config.nonlinear_samples,
+                                    progress=False)
+        self.record_time(f"score-{method}", 1, 0, scores.seconds)
+        _save_importances(scores, path)
+        return scores
+
+    def pruned(self, dense: torch.nn.Sequential, scores: Importances,
+               ratio: float) -> torch.nn.Sequential:
+        model = copy.deepcopy(dense)
+        ecprune.prune_by_importance(model, scores, ratio)
+        return model
+
+    def prune_only(self, dense: torch.nn.Sequential, method: str) -> Importances:
+        """Score with ``method``, prune at every ratio and write the missing "prune" rows."""
+        scores = self.importances(dense, method)
+        ratios = [r for r in self.config.ratios if self.missing(method, r, "prune")]
+        if ratios:
+            start = time.perf_counter()
+            stacked = StackedMLP.from_models([self.pruned(dense, scores, r) for r in ratios])
+            extra = {method: {"score_seconds": f"{scores.seconds:.4f}"}}
+            self.write(self.evaluation_rows(stacked, [(method, r) for r in ratios], "prune",
+                                            self.config.epochs, extra))
+            self.record_time(f"prune-evaluate-{method}", len(ratios), 0,
+                             time.perf_counter() - start)
+        return scores
+
+    def finetune(self, dense: torch.nn.Sequential, scores: dict[str, Importances]) -> None:
+        """Fine-tune every pruned network lacking a "finetune" row, all at once."""
+        cells = [(m, r) for m in self.config.methods for r in self.config.ratios
+                 if self.missing(m, r, "finetune")]
+        if not cells:
+            return
+        stacked = StackedMLP.from_models([self.pruned(dense, scores[m], r) for m, r in cells])
+        epochs = self.config.finetune_epochs
+        seconds = train(stacked, self.split.x_train, self.split.y_train,
+                        self.settings(epochs, FINETUNE_STREAM),
+                        checkpoint=self.checkpoints / f"finetune-{_digest(cells)}.pt")
+        self.record_time("finetune", len(cells), epochs, seconds)
+        extra = {m: {"score_seconds": f"{scores[m].seconds:.4f}"} for m in scores}
+        self.write(self.evaluation_rows(stacked, cells, "finetune",
+                                        self.config.epochs + epochs, extra))
+
+    def fully_connected(self) -> None:
+        """Train the width-reduced dense baselines lacking a row, all at once."""
+        ratios = [r for r in self.config.ratios if self.missing(FULLY_CONNECTED, r, "finetune")]
+        if not ratios:
+            return
+        total = weight_count(self.job.widths)
+        models = [mlp(reduced_widths(self.job.widths, round((1 - r) * total)),
+                      seed=self.job.seed).to(self.device) for r in ratios]
+        stacked = StackedMLP.from_models(models)
+        epochs = self.config.baseline_epochs
+        cells = [(FULLY_CONNECTED, r) for r in ratios]
+        seconds = train(stacked, self.split.x_train, self.split.y_train, self.settings(epochs),
+                        checkpoint=self.checkpoints / f"fully-connected-{_digest(cells)}.pt")
+        self.record_time(FULLY_CONNECTED, len(ratios), epochs, seconds)
+        self.write(self.evaluation_rows(stacked, cells, "finetune", epochs))
+
+
+def _digest(cells: list[tuple[str, float]]) -> str:
+    """Names a training checkpoint by the networks it holds, so a changed grid never loads it."""
+    return hashlib.sha1(repr(cells).encode()).hexdigest()[:10]

@@ -1,0 +1,146 @@
+"""Run an experiment's grid, resumably, in one process or a pool of worker processes.
+
+Results go to ``OUT/<experiment>.csv`` (one row per cell, see :mod:`.store`) and the time of
+every unit of work to ``OUT/<experiment>-timings.csv``. Checkpoints of unfinished jobs live in
+``OUT/checkpoints/`` and are removed as each job completes. Rerunning the same command skips
+every finished cell.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import ExperimentConfig
+from .job import Job, JobRunner, Split, cell_key, job_cells
+from .store import TIMING_FIELDS, CsvStore, ResultsStore
+
+Loader = Callable[[str], Split]
+# Seconds between checks of the worker processes while waiting for progress messages.
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Where the results went and how much of the grid this run computed."""
+
+    results: Path
+    timings: Path
+    cells: int
+    computed: int
+    seconds: float
+
+
+def plan(config: ExperimentConfig) -> list[Job]:
+    """Every job of the grid, architecture-major (all seeds of the first architecture first)."""
+    return [Job(variant, widths, seed) for variant in config.variants
+            for widths in config.architectures for seed in config.seeds]
+
+
+def _job_done(config: ExperimentConfig, job: Job, done: set) -> int:
+    return sum(cell_key(config, job, *cell) in done for cell in job_cells(config))
+
+
+def _stores(out: Path, name: str) -> tuple[ResultsStore, CsvStore]:
+    return (ResultsStore(out / f"{name}.csv"),
+            CsvStore(out / f"{name}-timings.csv", TIMING_FIELDS))
+
+
+def _run_job(config: ExperimentConfig, job: Job, split: Split, out: Path,
+             on_rows: Callable[[list[dict]], None]) -> None:
+    results, timings = _stores(out, config.name)
+    JobRunner(config, job, split, results=results, timings=timings,
+              checkpoints=out / "checkpoints", done=results.done(), on_rows=on_rows).run()
+
+
+def run_experiment(config: ExperimentConfig, load: Loader, *, out: str | Path,
+                   device: str = "cpu", workers: int = 1, threads: int | None = None,
+                   progress: bool | None = None,
+                   on_rows: Callable[[list[dict]], None] | None = None) -> RunReport:
+    """Compute every cell of ``config`` missing from ``OUT/<name>.csv``.
+
+    ``load(variant)`` returns the data :class:`Split` (CPU tensors); ``workers`` > 1 runs jobs
+    in that many processes (each with ``threads`` torch threads); ``on_rows`` is called with the
+    rows of each finished unit (in-process runs only).
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    results, timings = _stores(out, config.name)
+    done = results.done()
+    jobs = plan(config)
+    per_job = len(job_cells(config))
+    finished = {job: _job_done(config, job, done) for job in jobs}
+    todo = [job for job in jobs if finished[job] < per_job]
+    bar = tqdm(total=per_job * len(jobs), initial=sum(finished.values()), desc=config.name,
+               unit="cell", disable=None if progress is None else not progress)
+    with bar:
+        if workers <= 1:
+            _run_here(config, todo, load, out, device, threads, bar, on_rows)
+        else:
+            _run_pool(config, todo, load, out, device, workers, threads, bar)
+    if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
+        (out / "checkpoints").rmdir()
+    computed = len(results.done()) - len(done)
+    return RunReport(results.path, timings.path, per_job * len(jobs), computed,
+                     time.perf_counter() - start)
+
+
+def _run_here(config, jobs, load, out, device, threads, bar, on_rows) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    splits: dict[str, Split] = {}
+
+    def report(rows: list[dict]) -> None:
+        bar.update(len(rows))
+        if on_rows is not None:
+            on_rows(rows)
+
+    for job in jobs:
+        if job.variant not in splits:
+            splits[job.variant] = load(job.variant).to(device)
+        _run_job(config, job, splits[job.variant], out, report)
+
+
+_PROGRESS: multiprocessing.Queue | None = None
+
+
+def _init_worker(threads: int | None, progress: multiprocessing.Queue) -> None:
+    global _PROGRESS
+    _PROGRESS = progress
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _pool_job(config: ExperimentConfig, job: Job, load: Loader, out: Path, device: str) -> None:
+    _run_job(config, job, load(job.variant).to(device), out,
+             lambda rows: _PROGRESS.put(len(rows)))
+
+
+def _run_pool(config, jobs, load, out, device, workers, threads, bar) -> None:
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(threads, messages)) as pool:
+        pending = {pool.submit(_pool_job, config, job, load, out, device) for job in jobs}
+        while pending:
+            finished, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            for future in finished:
+                future.result()  # re-raise a worker's error here
+            _drain(messages, bar)
+    _drain(messages, bar)
+
+
+def _drain(messages: multiprocessing.Queue, bar: tqdm) -> None:
+    while True:
+        try:
+            bar.update(messages.get_nowait())
+        except queue.Empty:
+            return

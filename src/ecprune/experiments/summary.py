@@ -1,0 +1,230 @@
+"""Aggregate a results CSV over seeds: per-cell statistics, markdown tables, significance tests.
+
+Significance (used in the docs): a pruned network is compared with *its own* dense network
+(same seed) by a two-sided paired t-test over seeds on the test loss; two pruning methods are
+compared by a paired t-test too (both start from the same dense network of each seed), except
+the width-reduced "fully-connected" baseline, which shares no network with the others and is
+compared by Welch's t-test. Alpha is 0.05.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+ALPHA = 0.05
+UNPAIRED = frozenset({"fully-connected"})
+METRICS = {"test_loss": "test loss", "test_accuracy": "test accuracy"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (variant, arch, method, phase, ratio) over seeds: values keyed by seed."""
+
+    values: dict[int, float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.values.values())))
+
+    @property
+    def low(self) -> float:
+        return min(self.values.values())
+
+    @property
+    def high(self) -> float:
+        return max(self.values.values())
+
+
+Key = tuple[str, str, str, str, float]  # variant, arch, method, phase, ratio
+
+
+def cells(rows: Iterable[dict[str, str]], metric: str = "test_loss") -> dict[Key, Cell]:
+    """Group rows by (variant, arch, method, phase, ratio); skip rows without ``metric``."""
+    grouped: dict[Key, dict[int, float]] = defaultdict(dict)
+    for row in rows:
+        if row.get(metric, "") == "":
+            continue
+        key = (row["variant"], row["arch"], row["method"], row["phase"], float(row["ratio"]))
+        grouped[key][int(row["seed"])] = float(row[metric])
+    return {key: Cell(values) for key, values in grouped.items()}
+
+
+def unique(rows: Iterable[dict[str, str]], field: str) -> list[str]:
+    """Values of ``field`` in order of first appearance."""
+    return list(dict.fromkeys(row[field] for row in rows))
+
+
+def _ttest(a: Sequence[float], b: Sequence[float], *, paired: bool) -> float:
+    """Two-sided p-value. With one seed the test is undefined: 1.0. Constant paired
+    differences (zero variance) give 0.0 when they are non-zero, else 1.0."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return 1.0
+    diff = np.subtract(a, b) if paired else None
+    if paired and np.ptp(diff) == 0:
+        return 0.0 if diff[0] != 0 else 1.0
+    with warnings.catch_warnings():  # nearly identical samples: scipy warns, still answers
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
+    return 1.0 if math.isnan(result.pvalue) else float(result.pvalue)
+
+
+def compare(first: Cell, second: Cell, *, paired: bool) -> float:
+    """p-value of first vs second over their common seeds (paired) or all seeds (Welch)."""
+    if paired:
+        seeds = sorted(set(first.values) & set(second.values))
+        return _ttest([first.values[s] for s in seeds], [second.values[s] for s in seeds],
+                      paired=True)
+    return _ttest(list(first.values.values()), list(second.values.values()), paired=False)
+
+
+def markdown_table(table: dict[Key, Cell], *, variant: str, arch: str, phase: str,
+                   methods: Sequence[str], ratios: Sequence[float], digits: int = 4) -> str:
+    """Methods x ratios of the mean over seeds, the lowest loss per ratio in bold."""
+    header = "| method | " + " | ".join(f"{r:g}" for r in ratios) + " |"
+    lines = [header, "|" + " --- |" * (len(ratios) + 1)]
+    for method in methods:
+        entries = []
+        for ratio in ratios:
+            cell = table.get((variant, arch, method, phase, ratio))
+            entries.append("" if cell is None else f"{cell.mean:.{digits}f}")
+        if any(entries):
+            lines.append(f"| {method} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def _ratios(table: dict[Key, Cell], variant: str, arch: str, phase: str) -> list[float]:
+    return sorted({key[4] for key in table if key[:2] == (variant, arch) and key[3] == phase})
+
+
+def no_change_ratios(table: dict[Key, Cell], variant: str, arch: str,
+                     method: str) -> tuple[float, float]:
+    """Largest ratio up to which pruning alone leaves the test loss unchanged, by two notions:
+    (paired t-test against the same seeds' dense losses: not significantly higher at
+    ``ALPHA``; the mean over seeds within the min-max of the dense losses). 0 when even the
+    smallest ratio fails."""
+    dense = table[(variant, arch, "dense", "dense", 0.0)]
+    by_test = by_band = 0.0
+    test_ok = band_ok = True
+    for ratio in _ratios(table, variant, arch, "prune"):
+        cell = table.get((variant, arch, method, "prune", ratio))
+        if cell is None:
+            break
+        higher = cell.mean > dense.mean and compare(cell, dense, paired=True) < ALPHA
+        test_ok = test_ok and not higher
+        band_ok = band_ok and cell.mean <= dense.high
+        by_test = ratio if test_ok else by_test
+        by_band = ratio if band_ok else by_band
+    return by_test, by_band
+
+
+def ranking(table: dict[Key, Cell], variant: str, arch: str, phase: str,
+            ratio: float) -> list[tuple[str, Cell]]:
+    """Methods at one ratio and phase, lowest mean first."""
+    found = [(key[2], cell) for key, cell in table.items()
+             if key[:2] == (variant, arch) and key[3:] == (phase, ratio)]
+    return sorted(found, key=lambda item: item[1].mean)
+
+
+def _p(first: tuple[str, Cell], second: tuple[str, Cell]) -> float:
+    paired = first[0] not in UNPAIRED and second[0] not in UNPAIRED
+    return compare(first[1], second[1], paired=paired)
+
+
+def winners_table(table: dict[Key, Cell], variant: str, arch: str, phase: str,
+                  method: str = "ecp") -> str:
+    """Per ratio: the best method, ``method``'s rank and the p-value of the leader's lead."""
+    lines = [f"| ratio | best | 2nd | {method} rank | p (1st vs 2nd) |",
+             "| --- | --- | --- | --- | --- |"]
+    for ratio in _ratios(table, variant, arch, phase):
+        ranked = ranking(table, variant, arch, phase, ratio)
+        names = [name for name, _ in ranked]
+        if len(ranked) < 2 or method not in names:
+            continue
+        first, second = ranked[0], ranked[1]
+        lines.append(f"| {ratio:g} | {first[0]} {first[1].mean:.4f} | {second[0]} "
+                     f"{second[1].mean:.4f} | {names.index(method) + 1} of {len(names)} | "
+                     f"{_p(first, second):.3g} |")
+    return "\n".join(lines)
+
+
+def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
+                 phase: str) -> str:
+    """Per ratio: ``method``'s mean loss, its change relative to dense, paired p-value."""
+    dense = table[(variant, arch, "dense", "dense", 0.0)]
+    lines = ["| ratio | mean | vs dense | p (paired) |", "| --- | --- | --- | --- |"]
+    for ratio in _ratios(table, variant, arch, phase):
+        cell = table.get((variant, arch, method, phase, ratio))
+        if cell is not None:
+            change = (cell.mean - dense.mean) / dense.mean
+            lines.append(f"| {ratio:g} | {cell.mean:.4f} | {change:+.1%} | "
+                         f"{compare(cell, dense, paired=True):.3g} |")
+    return "\n".join(lines)
+
+
+def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
+    loss = cells(rows, "test_loss")
+    accuracy = cells(rows, "test_accuracy")
+    methods = [m for m in unique(rows, "method") if m != "dense"]
+    ratios = _ratios(loss, variant, arch, "prune") or _ratios(loss, variant, arch, "finetune")
+    dense = loss[(variant, arch, "dense", "dense", 0.0)]
+    title = f"{arch}" + (f", {variant}" if variant else "")
+    out = [f"## {title}", "",
+           f"Dense: test loss {dense.mean:.4f} (seeds {dense.low:.4f}-{dense.high:.4f})"
+           + (f", accuracy {accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean:.4f}"
+              if accuracy else "") + f", {len(dense.values)} seeds.", ""]
+    for metric, table in (("test loss", loss), ("test accuracy", accuracy)):
+        for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+            if table:
+                out += [f"### Mean {metric}, {label}", "",
+                        markdown_table(table, variant=variant, arch=arch, phase=phase,
+                                       methods=methods, ratios=ratios), ""]
+    out += ["### Largest ratio with no test-loss change (prune only)", "",
+            "| method | paired t-test | within dense spread |", "| --- | --- | --- |"]
+    for method in methods:
+        if (variant, arch, method, "prune", ratios[0]) in loss:
+            by_test, by_band = no_change_ratios(loss, variant, arch, method)
+            out.append(f"| {method} | {by_test:g} | {by_band:g} |")
+    for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+        out += ["", f"### Ranking by mean test loss, {label}", "",
+                winners_table(loss, variant, arch, phase)]
+    out += ["", "### ECP's test loss against dense, prune + fine-tune", "",
+            change_table(loss, variant, arch, "ecp", "finetune"), ""]
+    return out
+
+
+def scoring_seconds(rows: list[dict[str, str]]) -> str:
+    """Mean scoring time per architecture and method, as a markdown table."""
+    times: dict[tuple[str, str], dict[tuple[str, str], float]] = defaultdict(dict)
+    for row in rows:
+        if row.get("score_seconds"):
+            times[(row["arch"], row["method"])][(row["variant"], row["seed"])] = float(
+                row["score_seconds"])
+    lines = ["| architecture | method | scoring seconds (mean over jobs) |", "| --- | --- | --- |"]
+    for (arch, method), values in times.items():
+        lines.append(f"| {arch} | {method} | {np.mean(list(values.values())):.2f} |")
+    return "\n".join(lines)
+
+
+def experiment_report(rows: list[dict[str, str]]) -> str:
+    """The markdown summary of one results CSV: tables and significance per architecture."""
+    out = []
+    for experiment in unique(rows, "experiment"):
+        mine = [row for row in rows if row["experiment"] == experiment]
+        seeds = sorted({int(row["seed"]) for row in mine})
+        out += [f"# {experiment}: {len(mine)} rows, seeds {seeds}", "",
+                f"Significance: two-sided t-tests over seeds, alpha = {ALPHA} (see "
+                "ecprune.experiments.summary).", ""]
+        for variant in unique(mine, "variant"):
+            for arch in unique(mine, "arch"):
+                out += _section([r for r in mine if (r["variant"], r["arch"]) == (variant, arch)],
+                                variant, arch)
+        out += ["## Scoring time", "", scoring_seconds(mine), ""]
+    return "\n".join(out)

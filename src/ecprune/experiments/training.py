@@ -1,0 +1,101 @@
+"""Train and evaluate a :class:`~ecprune.experiments.stacked.StackedMLP` (K networks at once).
+
+One Adam over the stacked tensors is exactly K independent Adams, because Adam is elementwise,
+and the loss is the sum over networks of each network's mean batch loss, so network ``k``
+receives exactly the gradient it would get alone. All networks see the same mini-batches; the
+shuffling order is drawn from a generator seeded by ``seed``. Training can checkpoint after
+every epoch and resume from the checkpoint bit for bit (the order of epoch ``e`` is the e-th
+permutation of the seeded generator, so nothing else needs saving).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .stacked import StackedMLP, stacked_losses
+
+# Samples per evaluation chunk: bounds the (K, chunk, width) activations.
+EVAL_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Mini-batch Adam (PyTorch defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8)."""
+
+    epochs: int
+    batch_size: int
+    loss: str
+    seed: int
+
+
+def _optimizer(model: StackedMLP) -> torch.optim.Adam:
+    # fused=True: one kernel per step over all parameters; the elementwise optimizer work is
+    # otherwise a large share of a step for K stacked networks (see benchmarks/).
+    fused = model.weights[0].device.type in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), fused=fused)
+
+
+def _load_checkpoint(model: StackedMLP, optimizer: torch.optim.Optimizer,
+                     checkpoint: Path | None) -> int:
+    if checkpoint is None or not checkpoint.is_file():
+        return 0
+    state = torch.load(checkpoint, map_location=model.weights[0].device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"])
+
+
+def _save_checkpoint(model: StackedMLP, optimizer: torch.optim.Optimizer, epoch: int,
+                     checkpoint: Path) -> None:
+    partial = checkpoint.with_suffix(".partial")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch}, partial)
+    partial.replace(checkpoint)
+
+
+def train(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
+          checkpoint: Path | None = None) -> float:
+    """Train all stacked networks in place; return the seconds spent.
+
+    With ``checkpoint``, the state is saved after every epoch and a run finds it and goes on
+    from there; the file is removed when training completes.
+    """
+    start = time.perf_counter()
+    optimizer = _optimizer(model)
+    done = _load_checkpoint(model, optimizer, checkpoint)
+    generator = torch.Generator().manual_seed(settings.seed)
+    model.train()
+    for epoch in range(settings.epochs):
+        order = torch.randperm(len(x), generator=generator).to(x.device)
+        if epoch < done:
+            continue
+        for batch in order.split(settings.batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            losses = stacked_losses(model(x[batch]), y[batch], settings.loss)
+            losses.sum().backward()
+            optimizer.step()
+        if checkpoint is not None:
+            _save_checkpoint(model, optimizer, epoch + 1, checkpoint)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(model: StackedMLP, x: torch.Tensor, y: torch.Tensor,
+             loss: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each network's mean loss (K,) and, for ``cross_entropy``, accuracy (K,), in float64."""
+    total_loss = torch.zeros(model.count, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(model.count, dtype=torch.float64, device=x.device)
+    for start in range(0, len(x), EVAL_CHUNK):
+        xb, yb = x[start:start + EVAL_CHUNK], y[start:start + EVAL_CHUNK]
+        outputs = model(xb)  # (K, B, C)
+        total_loss += stacked_losses(outputs, yb, loss).to(torch.float64) * len(xb)
+        if loss == "cross_entropy":
+            correct += (outputs.argmax(-1) == yb).sum(1).to(torch.float64)
+    accuracy = correct / len(x) if loss == "cross_entropy" else None
+    return total_loss / len(x), accuracy

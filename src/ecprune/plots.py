@@ -1,0 +1,134 @@
+"""Figures of the experiments (matplotlib, Agg backend), with ONE style table for the project.
+
+Every figure draws a method with the colour and marker of :data:`STYLES`, so a method looks the
+same in the MNIST, diffusion-sorption and beyond-the-paper figures.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from .experiments.summary import METRICS, Cell, Key, cells, unique
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one method is drawn."""
+
+    colour: str
+    marker: str
+    label: str
+
+
+STYLES: dict[str, Style] = {
+    "dense": Style("black", "", "dense"),
+    "ecp": Style("#d62728", "o", "ECP"),
+    "ecp-refit": Style("#e377c2", "h", "ECP + refit"),
+    "nonlinear": Style("#9467bd", "D", "non-linear"),
+    "magnitude": Style("#1f77b4", "s", "magnitude"),
+    "gradient": Style("#2ca02c", "^", "gradient"),
+    "random": Style("#7f7f7f", "x", "random"),
+    "ecp-nocomp": Style("#ff7f0e", "v", "ECP score, no comp."),
+    "magnitude-comp": Style("#17becf", "P", "magnitude + mean comp."),
+    "fully-connected": Style("#8c564b", "*", "fully-connected (narrow)"),
+    "sparsegpt": Style("#bcbd22", "<", "SparseGPT"),
+    "wanda": Style("#393b79", ">", "Wanda"),
+}
+# Methods not in the table get a colour of this palette chosen by a hash of their name.
+FALLBACK = plt.get_cmap("tab20b")
+# Log axes labelled 0.1, 0.2, 0.3, 0.5, 1, ... rather than 10^-1, 2 x 10^-1.
+PLAIN = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+MINOR = matplotlib.ticker.FuncFormatter(
+    lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
+# ECP is drawn over the baselines it often coincides with (non-linear, its own ablation).
+ON_TOP = {"ecp": 3}
+PHASE_TITLES = {"prune": "prune only", "finetune": "prune + fine-tune"}
+
+
+def style(method: str) -> Style:
+    """The style of ``method`` (a stable fallback for methods not in :data:`STYLES`)."""
+    if method in STYLES:
+        return STYLES[method]
+    colour = matplotlib.colors.to_hex(FALLBACK(zlib.crc32(method.encode()) % FALLBACK.N))
+    return Style(colour, ".", method)
+
+
+def _draw_method(ax, table: dict[Key, Cell], variant: str, arch: str, method: str,
+                 phase: str) -> None:
+    found = sorted((key[4], cell) for key, cell in table.items()
+                   if key[:4] == (variant, arch, method, phase))
+    if not found:
+        return
+    ratios = [ratio for ratio, _ in found]
+    s = style(method)
+    ax.fill_between(ratios, [c.low for _, c in found], [c.high for _, c in found],
+                    color=s.colour, alpha=0.15, linewidth=0)
+    ax.plot(ratios, [c.mean for _, c in found], color=s.colour, marker=s.marker,
+            markersize=5, linewidth=1.3, label=s.label, zorder=ON_TOP.get(method, 2))
+
+
+def _draw_dense(ax, table: dict[Key, Cell], variant: str, arch: str) -> None:
+    dense = table.get((variant, arch, "dense", "dense", 0.0))
+    if dense is None:
+        return
+    s = style("dense")
+    ax.axhspan(dense.low, dense.high, color=s.colour, alpha=0.12, linewidth=0)
+    ax.axhline(dense.mean, color=s.colour, linestyle="--", linewidth=1.2, label=s.label)
+
+
+def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: str | Path,
+                  variants: Sequence[str] | None = None, log: bool | None = None) -> Path:
+    """The paper's layout for one architecture: columns = prune only / prune + fine-tune,
+    rows = variants (e.g. noise levels); mean over seeds per method against the ratio, the
+    band spans the seeds' min-max, the dense network as a dashed line with its band."""
+    table = cells(rows, metric)
+    variants = list(variants if variants is not None else unique(rows, "variant"))
+    methods = [m for m in unique(rows, "method") if m != "dense"]
+    log = metric == "test_loss" if log is None else log
+    fig, axes = plt.subplots(len(variants), 2, figsize=(11, 4.2 * len(variants)),
+                             squeeze=False)
+    for row_axes, variant in zip(axes, variants, strict=True):
+        for ax, phase in zip(row_axes, PHASE_TITLES, strict=True):
+            for method in methods:
+                _draw_method(ax, table, variant, arch, method, phase)
+            _draw_dense(ax, table, variant, arch)
+            title = f"{arch}: {PHASE_TITLES[phase]}" + (f" ({variant})" if variant else "")
+            ax.set(title=title, xlabel="pruning ratio", ylabel=METRICS[metric])
+            if log:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(PLAIN)
+                ax.yaxis.set_minor_formatter(MINOR)
+            ax.grid(alpha=0.3, which="both" if log else "major")
+    legend = {}
+    for ax in axes.flat:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(5, len(legend)),
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.1 / len(variants), 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def experiment_figures(rows: list[dict[str, str]], out: str | Path) -> list[Path]:
+    """Every architecture's loss figure and, for classification, accuracy figure."""
+    paths = []
+    for experiment in unique(rows, "experiment"):
+        mine = [row for row in rows if row["experiment"] == experiment]
+        metrics = [m for m in METRICS if any(row.get(m, "") != "" for row in mine)]
+        for arch in unique(mine, "arch"):
+            for metric in metrics:
+                name = f"{experiment}_{arch}_{metric.removeprefix('test_')}.png"
+                paths.append(metric_figure([r for r in mine if r["arch"] == arch], arch=arch,
+                                           metric=metric, path=Path(out) / name))
+    return paths

