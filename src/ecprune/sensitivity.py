@@ -1,0 +1,270 @@
+"""Per-sample sensitivities ``s_i(x) = ||dy/du_i||^2`` of the pruned layers' pre-activations.
+
+``s`` is a sum of squared vector-Jacobian products ``sum_k (v_k^T dy/du)^2`` over a set of
+seeds ``v_k`` per sample:
+
+- ``exact``: the unit vectors ``e_1 .. e_{n_out}``, one reverse pass per output;
+- ``hutchinson``: ``p`` Rademacher probes per sample, scaled by ``1/sqrt(p)``. Since
+  ``E[v v^T] = I``, the estimate is unbiased, ``E[(v^T g)^2] = ||g||^2``, and its cost is ``p``
+  reverse passes whatever ``n_out``. One output: ``v = +-1`` gives ``s`` exactly. ECP's sums use
+  ``E[s a]``, ``E[s a^2]`` and ``E[s]`` with the same ``s``, so they are unbiased too.
+
+Two engines compute the same sums:
+
+- :func:`chain_sensitivities`, for an ``nn.Sequential`` of ``nn.Linear`` layers and elementwise
+  activations (:func:`find_chain`): the reverse Jacobian recursion ``G <- (G W) * sigma'(u)``
+  carrying a whole block of seeds, one GEMM per layer, starting from the sample-independent
+  rows of the last weight and never touching the first layer's (often wide) input;
+- :func:`sensitivities`, for any other structure (skip connections, ``output_fn``, ...):
+  batched VJPs through autograd (``is_grads_batched``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ESTIMATORS = ("auto", "exact", "hutchinson")
+# Probes of the Hutchinson estimator when none are given, and the output size up to which
+# "auto" stays exact: see docs/performance.md ("Many outputs") for the measurements behind it.
+AUTO_PROBES = 16
+# Elements of one block of reverse passes (seeds x chunk x widest layer): bounds its memory.
+VJP_ELEMENTS = 2**24
+# The chain engine works on tiles of samples x seeds x width of at most CHAIN_ELEMENTS
+# (cache-sized; tiles keep at least MIN_TILE samples so that the GEMMs stay efficient), and
+# fuses a per-sample scale into a GEMM only while (seeds x weight) stays under MIXED_ELEMENTS.
+CHAIN_ELEMENTS = 2**20
+MIN_TILE = 256
+MIXED_ELEMENTS = 2**22
+
+# Activations whose Jacobian is diagonal (elementwise, per-channel PReLU included); in eval
+# mode dropout is the identity.
+ELEMENTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh,
+    nn.Hardsigmoid, nn.Hardswish, nn.LogSigmoid, nn.Tanhshrink, nn.Identity, nn.Dropout,
+)
+
+
+def resolve_probes(estimator: str, probes: int | None, n_out: int) -> int | None:
+    """Number of Hutchinson probes for ``n_out`` outputs, or None for exact sensitivities.
+
+    ``"auto"`` is exact while ``n_out <= probes`` (default :data:`AUTO_PROBES`): the estimator
+    would cost as many reverse passes as the exact sums, and is exact anyway for one output.
+    """
+    chosen = AUTO_PROBES if probes is None else probes
+    if estimator == "exact" or (estimator == "auto" and n_out <= chosen):
+        return None
+    return chosen
+
+
+def rademacher(shape: tuple[int, ...], probes: int, generator: torch.Generator,
+               *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Random signs ``+-1/sqrt(probes)`` drawn on ``device`` from ``generator``."""
+    signs = torch.randint(0, 2, shape, generator=generator, device=device, dtype=torch.int8)
+    scale = 1 / math.sqrt(probes)
+    return signs.to(dtype).mul_(2 * scale).sub_(scale)
+
+
+def _blocks(total: int, block: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, block):
+        yield start, min(total, start + block)
+
+
+def _block_size(seeds: int, batch: int, width: int) -> int:
+    return max(1, min(seeds, VJP_ELEMENTS // max(1, batch * width)))
+
+
+def sensitivities(output: torch.Tensor, pre_activations: list[torch.Tensor], *,
+                  probes: int | None = None,
+                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """``s(x)`` (B, n) for every tensor in ``pre_activations`` by autograd (any structure).
+
+    ``output`` (B, n_out) must depend on each pre-activation through the autograd graph.
+    ``probes=None``: exact, one batched reverse pass per block of outputs; else the Hutchinson
+    estimate with ``probes`` Rademacher probes per sample drawn from ``generator``.
+    """
+    batch, n_out = output.shape
+    seeds = n_out if probes is None else probes
+    width = sum(u.shape[1] for u in pre_activations)
+    block = _block_size(seeds, batch, width)
+    result = [torch.zeros_like(u, requires_grad=False) for u in pre_activations]
+    for start, stop in _blocks(seeds, block):
+        if probes is None:
+            grad_outputs = output.new_zeros(stop - start, batch, n_out)
+            grad_outputs[torch.arange(stop - start), :, torch.arange(start, stop)] = 1
+        else:
+            grad_outputs = rademacher((stop - start, batch, n_out), probes, generator,
+                                      dtype=output.dtype, device=output.device)
+        grads = torch.autograd.grad(output, pre_activations, grad_outputs=grad_outputs,
+                                    is_grads_batched=True, retain_graph=stop < seeds,
+                                    allow_unused=True)
+        for total, grad in zip(result, grads, strict=True):
+            if grad is not None:
+                total += grad.square().sum(0)
+    return result
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A model that is ``prefix`` (anything) followed by ``body``: Linear layers and
+    elementwise activations only, holding every pruned layer."""
+
+    prefix: tuple[nn.Module, ...]
+    body: tuple[nn.Module, ...]
+
+    @property
+    def width(self) -> int:
+        """The widest layer output in the body."""
+        return max(m.out_features for m in self.body if type(m) is nn.Linear)
+
+
+def _flatten(module: nn.Module) -> list[nn.Module] | None:
+    """The leaf modules a plain ``nn.Sequential`` runs, in order; None for anything else."""
+    if type(module) is not nn.Sequential:
+        return [module]
+    if module._forward_hooks or module._forward_pre_hooks:
+        return None
+    flat = []
+    for child in module:
+        inner = _flatten(child)
+        if inner is None:
+            return None
+        flat.extend(inner)
+    return flat
+
+
+def find_chain(model: nn.Module, layers: dict[str, nn.Linear]) -> Chain | None:
+    """The chain structure of ``model`` if it has one (see :class:`Chain`), else None."""
+    if type(model) is not nn.Sequential:
+        return None
+    modules = _flatten(model)
+    wanted = {id(layer) for layer in layers.values()}
+    first = next((k for k, m in enumerate(modules or []) if id(m) in wanted), None)
+    if first is None:
+        return None
+    body = modules[first:]
+    if not wanted <= {id(m) for m in body}:
+        return None
+    if not all(type(m) is nn.Linear or type(m) in ELEMENTWISE for m in body):
+        return None
+    return Chain(prefix=tuple(modules[:first]), body=tuple(body))
+
+
+def _value_and_slope(activation: nn.Module, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sigma(u)`` and the diagonal of its Jacobian ``sigma'(u)`` (one elementwise VJP)."""
+    with torch.enable_grad():
+        leaf = u.detach().requires_grad_()
+        value = activation(leaf)
+        (slope,) = torch.autograd.grad(value, leaf, torch.ones_like(value))
+    return value.detach(), slope
+
+
+class ChainRun:
+    """Runs a chain's forward like the model does (Linear layers are called as modules, so
+    their hooks run) and keeps ``sigma'`` at each activation of the body (None at Linear
+    layers) from the last call in ``slopes``."""
+
+    def __init__(self, chain: Chain):
+        self.chain = chain
+        self.slopes: list[torch.Tensor | None] = []
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        h = inputs
+        for module in self.chain.prefix:
+            h = module(h)
+        self.slopes = []
+        for module in self.chain.body:
+            if type(module) is nn.Linear:
+                h = module(h)
+                self.slopes.append(None)
+            else:
+                h, slope = _value_and_slope(module, h)
+                self.slopes.append(slope)
+        return h
+
+
+@dataclass(frozen=True)
+class _Jacobian:
+    """``dy/dh`` for one block of K seeds at the current point ``h`` (width d) of the chain:
+    ``base`` (B, K, d) per sample, or ``base`` (K, d) shared by all samples with an optional
+    per-sample column ``scale`` (B, d) (``base * scale[b]``), kept factored while it can be."""
+
+    base: torch.Tensor
+    scale: torch.Tensor | None = None
+
+    def through_activation(self, slope: torch.Tensor) -> _Jacobian:
+        """``G diag(sigma'(u))``."""
+        if self.base.ndim == 3:
+            return _Jacobian(self.base * slope[:, None, :])
+        return _Jacobian(self.base, slope if self.scale is None else self.scale * slope)
+
+    def squared_norms(self) -> torch.Tensor:
+        """``sum_k G_k^2``: (B, d), or (d,) when shared."""
+        if self.base.ndim == 3:
+            return self.base.square().sum(-2)
+        norms = self.base.square().sum(0)
+        return norms if self.scale is None else self.scale.square() * norms
+
+    def through_linear(self, weight: torch.Tensor) -> _Jacobian:
+        """``G W``. A shared base with a scale takes one GEMM of the scale with the
+        Khatri-Rao product ``M[i, (k, j)] = base[k, i] W[i, j]`` when that is small, instead of
+        first materialising ``base * scale`` (B, K, d)."""
+        if self.base.ndim == 3 or self.scale is None:
+            return _Jacobian(self.base @ weight)
+        k, d = self.base.shape
+        if k * weight.numel() > MIXED_ELEMENTS:
+            return _Jacobian(self.base * self.scale[:, None, :]).through_linear(weight)
+        mixed = (self.base.T[:, :, None] * weight[:, None, :]).reshape(d, -1)  # (d, K d')
+        return _Jacobian((self.scale @ mixed).view(len(self.scale), k, -1))
+
+
+def _reverse(chain: Chain, slopes: list, wanted: dict[int, int], jacobian: _Jacobian,
+             totals: list[torch.Tensor]) -> None:
+    """Add ``sum_k (v_k^T dy/du)^2`` to ``totals[wanted[id(layer)]]`` for one block of seeds,
+    ``jacobian`` holding them at the output ``y``; ``slopes`` and ``totals`` are one tile."""
+    left = len(wanted)
+    for module, slope in zip(reversed(chain.body), reversed(slopes), strict=True):
+        if slope is not None:
+            jacobian = jacobian.through_activation(slope)
+            continue
+        if id(module) in wanted:
+            totals[wanted[id(module)]] += jacobian.squared_norms()
+            left -= 1
+            if left == 0:
+                return
+        jacobian = jacobian.through_linear(module.weight.detach())
+
+
+def chain_sensitivities(run: ChainRun, pre_activations: list[nn.Linear], output: torch.Tensor,
+                        *, probes: int | None = None,
+                        generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """``s(x)`` (B, n) at the output of each layer in ``pre_activations`` by the reverse
+    Jacobian recursion, after ``run`` computed ``output``; options as in :func:`sensitivities`.
+
+    Works on tiles of samples x blocks of seeds of at most ``CHAIN_ELEMENTS`` per Jacobian.
+    """
+    batch, n_out = output.shape
+    wanted = {id(layer): k for k, layer in enumerate(pre_activations)}
+    totals = [output.new_zeros(batch, layer.out_features) for layer in pre_activations]
+    seeds = n_out if probes is None else probes
+    width = max(run.chain.width, n_out)
+    block = max(1, min(seeds, CHAIN_ELEMENTS // (MIN_TILE * width)))
+    tile = max(MIN_TILE, CHAIN_ELEMENTS // (block * width))
+    identity = torch.eye(n_out, dtype=output.dtype, device=output.device)
+    for first, last in _blocks(batch, tile):
+        slopes = [None if slope is None else slope[first:last] for slope in run.slopes]
+        rows = [total[first:last] for total in totals]
+        for start, stop in _blocks(seeds, block):
+            if probes is None:
+                jacobian = _Jacobian(identity[start:stop])
+            else:
+                jacobian = _Jacobian(rademacher((last - first, stop - start, n_out), probes,
+                                                generator, dtype=output.dtype,
+                                                device=output.device))
+            _reverse(run.chain, slopes, wanted, jacobian, rows)
+    return totals
