@@ -15,6 +15,7 @@ from .batching import iter_batches
 from .compensation import apply_pruning, select
 from .criteria import CRITERIA, LOSSES, LayerImportance, ScoringContext
 from .layers import add_zero_biases, effective_weight, keep_mask, model_dtype_device, select_layers
+from .sensitivity import ESTIMATORS
 from .statistics import collect_statistics
 
 SCOPES = ("global", "layer")
@@ -33,6 +34,11 @@ class Options:
     nonlinear_samples: size of the subsample over which ``"nonlinear"`` takes its expectation.
     add_bias: give bias-free layers a zero bias so they can be compensated (else an error).
     progress: tqdm bars (None: only on a terminal).
+    sensitivity: how ECP gets ``s_i = ||dy/du_i||^2``: ``"exact"`` (one reverse pass per
+        output), ``"hutchinson"`` (unbiased estimate from ``probes`` Rademacher probes per
+        sample, cost independent of the number of outputs) or ``"auto"`` (exact while the
+        output has at most ``probes`` entries, else Hutchinson).
+    probes: probes of the Hutchinson estimate (None: ``ecprune.sensitivity.AUTO_PROBES``).
     """
 
     layers: Iterable[str | nn.Module] | None = None
@@ -43,6 +49,8 @@ class Options:
     nonlinear_samples: int = 1024
     add_bias: bool = False
     progress: bool | None = None
+    sensitivity: str = "auto"
+    probes: int | None = None
 
 
 def _options(options: dict, caller: str) -> Options:
@@ -53,6 +61,9 @@ def _options(options: dict, caller: str) -> Options:
     parsed = Options(**options)
     check_positive_int("chunk_size", parsed.chunk_size, caller=caller)
     check_positive_int("nonlinear_samples", parsed.nonlinear_samples, caller=caller)
+    check_choice("sensitivity", parsed.sensitivity, ESTIMATORS, caller=caller)
+    if parsed.probes is not None:
+        check_positive_int("probes", parsed.probes, caller=caller)
     return parsed
 
 
@@ -140,7 +151,9 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
     loss = _require_targets(_resolve_loss(opts.loss)) if criterion.needs_targets else None
     dtype, device = model_dtype_device(model)
     batches = iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype)
-    request = criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed)
+    request = dataclasses.replace(
+        criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed),
+        estimator=opts.sensitivity, probes=opts.probes)
     stats = collect_statistics(model, layers, batches, request, output_fn=opts.output_fn,
                                progress=opts.progress)
     context = ScoringContext(model=model, layers=layers,

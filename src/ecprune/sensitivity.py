@@ -40,6 +40,8 @@ VJP_ELEMENTS = 2**24
 CHAIN_ELEMENTS = 2**20
 MIN_TILE = 256
 MIXED_ELEMENTS = 2**22
+# Up to this many seeds per block, sum_k G_k^2 is accumulated column by column.
+SMALL_BLOCK = 16
 
 # Activations whose Jacobian is diagonal (elementwise, per-channel PReLU included); in eval
 # mode dropout is the identity.
@@ -191,31 +193,37 @@ class ChainRun:
 @dataclass(frozen=True)
 class _Jacobian:
     """``dy/dh`` for one block of K seeds at the current point ``h`` (width d) of the chain:
-    ``base`` (B, K, d) per sample, or ``base`` (K, d) shared by all samples with an optional
-    per-sample column ``scale`` (B, d) (``base * scale[b]``), kept factored while it can be."""
+    ``base`` (B, K, d) per sample or (K, d) shared by all samples, times an optional
+    per-sample column ``scale`` (B, d). Activations only update the scale; it is applied when
+    a Linear layer needs the product."""
 
     base: torch.Tensor
     scale: torch.Tensor | None = None
 
     def through_activation(self, slope: torch.Tensor) -> _Jacobian:
         """``G diag(sigma'(u))``."""
-        if self.base.ndim == 3:
-            return _Jacobian(self.base * slope[:, None, :])
         return _Jacobian(self.base, slope if self.scale is None else self.scale * slope)
 
     def squared_norms(self) -> torch.Tensor:
         """``sum_k G_k^2``: (B, d), or (d,) when shared."""
-        if self.base.ndim == 3:
-            return self.base.square().sum(-2)
-        norms = self.base.square().sum(0)
+        if self.base.ndim == 2:
+            norms = self.base.square().sum(0)
+        elif self.base.shape[1] <= SMALL_BLOCK:  # K strided passes beat a middle-axis sum
+            norms = torch.zeros_like(self.base[:, 0])
+            for column in self.base.unbind(1):
+                norms.addcmul_(column, column)
+        else:
+            norms = self.base.square().sum(1)
         return norms if self.scale is None else self.scale.square() * norms
 
     def through_linear(self, weight: torch.Tensor) -> _Jacobian:
         """``G W``. A shared base with a scale takes one GEMM of the scale with the
         Khatri-Rao product ``M[i, (k, j)] = base[k, i] W[i, j]`` when that is small, instead of
         first materialising ``base * scale`` (B, K, d)."""
-        if self.base.ndim == 3 or self.scale is None:
+        if self.scale is None:
             return _Jacobian(self.base @ weight)
+        if self.base.ndim == 3:
+            return _Jacobian((self.base * self.scale[:, None, :]) @ weight)
         k, d = self.base.shape
         if k * weight.numel() > MIXED_ELEMENTS:
             return _Jacobian(self.base * self.scale[:, None, :]).through_linear(weight)
