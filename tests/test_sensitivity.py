@@ -269,3 +269,16 @@ def test_both_engines_run_on_cuda(tiny, estimator):
             if estimator == "exact":  # probes differ between devices' generators
                 torch.testing.assert_close(gpu[name].score.cpu(), cpu[name].score, rtol=1e-8,
                                            atol=1e-14)
+
+
+def test_chain_engine_runs_under_module_hooks_of_flop_counter(tiny):
+    """torch.utils.flop_counter hooks every module; the activation slopes must still work."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, x = tiny
+    plain = ecprune.importance(model, x)
+    with FlopCounterMode(display=False) as counter:
+        counted = ecprune.importance(model, x)
+    assert counter.get_total_flops() > 0
+    for name, result in plain.items():
+        torch.testing.assert_close(counted[name].score, result.score, rtol=0, atol=0)

@@ -160,9 +160,11 @@ def find_chain(model: nn.Module, layers: dict[str, nn.Linear]) -> Chain | None:
 def _value_and_slope(activation: nn.Module, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``sigma(u)`` and the diagonal of its Jacobian ``sigma'(u)`` (one elementwise VJP)."""
     with torch.enable_grad():
-        leaf = u.detach().requires_grad_()
-        value = activation(leaf)
-        (slope,) = torch.autograd.grad(value, leaf, torch.ones_like(value))
+        # Differentiate with respect to a view, not a leaf: module-level backward hooks (e.g.
+        # torch.utils.flop_counter) cannot take gradients with respect to leaves.
+        point = u.detach().requires_grad_().view_as(u)
+        value = activation(point)
+        (slope,) = torch.autograd.grad(value, point, torch.ones_like(value))
     return value.detach(), slope
 
 
