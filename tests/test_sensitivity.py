@@ -105,18 +105,20 @@ def test_find_chain_accepts_sequential_chains_and_refuses_everything_else():
     assert find_chain(tail, {"2": tail[2]}).prefix == (tail[0], tail[1])  # ... unless unpruned
 
 
-@pytest.mark.parametrize("blocks", [False, True])
-def test_statistics_agree_between_engines_with_masks_layer_subsets_and_tiling(blocks,
-                                                                             monkeypatch):
-    """Tiles of 2 samples x blocks of 1 seed, and the unfactored product, change nothing."""
+@pytest.mark.parametrize("setting", ["default", "tiles", "tiles-unfactored"])
+def test_statistics_agree_between_engines_with_masks_layer_subsets_and_tiling(setting,
+                                                                              monkeypatch):
+    """Tiles of 2 samples x blocks of 1 seed (Khatri-Rao products kept across tiles), and the
+    unfactored product, change nothing."""
     model = mlp([5, 6, 4, 3], nn.PReLU)
     torch_prune.random_unstructured(model[2], "weight", amount=0.5)
     x = torch.randn(23, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    if blocks:
+    if setting != "default":
         monkeypatch.setattr(sensitivity, "CHAIN_ELEMENTS", 8)
         monkeypatch.setattr(sensitivity, "MIN_TILE", 2)
-        monkeypatch.setattr(sensitivity, "MIXED_ELEMENTS", 0)
         monkeypatch.setattr(sensitivity, "SMALL_BLOCK", 0)
+    if setting == "tiles-unfactored":
+        monkeypatch.setattr(sensitivity, "MIXED_ELEMENTS", 0)
     for layers in (None, ["2"], ["0", "4"]):
         fast = ecprune.importance(model, x, layers=layers, chunk_size=10)
         generic = ecprune.importance(Wrapped(model), x, chunk_size=10,

@@ -37,7 +37,7 @@ VJP_ELEMENTS = 2**24
 # The chain engine works on tiles of samples x seeds x width of at most CHAIN_ELEMENTS
 # (cache-sized; tiles keep at least MIN_TILE samples so that the GEMMs stay efficient), and
 # fuses a per-sample scale into a GEMM only while (seeds x weight) stays under MIXED_ELEMENTS.
-CHAIN_ELEMENTS = 2**20
+CHAIN_ELEMENTS = 2**19
 MIN_TILE = 256
 MIXED_ELEMENTS = 2**22
 # Up to this many seeds per block, sum_k G_k^2 is accumulated column by column.
@@ -218,36 +218,62 @@ class _Jacobian:
             norms = self.base.square().sum(1)
         return norms if self.scale is None else self.scale.square() * norms
 
-    def through_linear(self, weight: torch.Tensor) -> _Jacobian:
+    def through_linear(self, layer: nn.Linear, memo: dict) -> _Jacobian:
         """``G W``. A shared base with a scale takes one GEMM of the scale with the
         Khatri-Rao product ``M[i, (k, j)] = base[k, i] W[i, j]`` when that is small, instead of
-        first materialising ``base * scale`` (B, K, d)."""
+        first materialising ``base * scale`` (B, K, d). ``memo`` keeps ``M`` per layer for the
+        next tile of samples (same seeds)."""
+        weight = layer.weight.detach()
         if self.scale is None:
             return _Jacobian(self.base @ weight)
-        if self.base.ndim == 3:
-            return _Jacobian((self.base * self.scale[:, None, :]) @ weight)
+        if self.base.ndim == 3 or len(self.base) * weight.numel() > MIXED_ELEMENTS:
+            return _Jacobian(self.base * self.scale[:, None, :]).through_linear(layer, memo)
         k, d = self.base.shape
-        if k * weight.numel() > MIXED_ELEMENTS:
-            return _Jacobian(self.base * self.scale[:, None, :]).through_linear(weight)
-        mixed = (self.base.T[:, :, None] * weight[:, None, :]).reshape(d, -1)  # (d, K d')
-        return _Jacobian((self.scale @ mixed).view(len(self.scale), k, -1))
+        if layer not in memo:
+            memo[layer] = (self.base.T[:, :, None] * weight[:, None, :]).reshape(d, -1)
+        return _Jacobian((self.scale @ memo[layer]).view(len(self.scale), k, -1))
+
+
+def _shared_seeds(chain: Chain, wanted: dict[int, int], totals: list[torch.Tensor],
+                  output: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Exact seeds carried back through the sample-independent end of the chain (Linear
+    layers up to the last activation), adding their sensitivities to ``totals``.
+
+    Returns the seeds ``G`` (K, d) there and the number of modules consumed. ``s`` depends on
+    ``G`` only through ``G^T G``, so when K > d the seeds are compressed to the triangular
+    factor ``R`` of ``G = QR``: an exact answer in ``min(n_out, d)`` reverse passes.
+    """
+    g = torch.eye(output.shape[1], dtype=output.dtype, device=output.device)
+    consumed = 0
+    for module in reversed(chain.body):
+        if type(module) is not nn.Linear:
+            break
+        if id(module) in wanted:
+            totals[wanted[id(module)]] += g.square().sum(0)
+        g = g @ module.weight.detach()
+        consumed += 1
+    if len(g) > g.shape[1]:
+        g = torch.linalg.qr(g, mode="r").R
+    return g, consumed
 
 
 def _reverse(chain: Chain, slopes: list, wanted: dict[int, int], jacobian: _Jacobian,
-             totals: list[torch.Tensor]) -> None:
+             totals: list[torch.Tensor], *, consumed: int, memo: dict) -> None:
     """Add ``sum_k (v_k^T dy/du)^2`` to ``totals[wanted[id(layer)]]`` for one block of seeds,
-    ``jacobian`` holding them at the output ``y``; ``slopes`` and ``totals`` are one tile."""
-    left = len(wanted)
-    for module, slope in zip(reversed(chain.body), reversed(slopes), strict=True):
+    ``jacobian`` holding them after the last ``consumed`` modules; ``slopes`` and ``totals``
+    are one tile of samples, ``memo`` is kept across the tiles of one block of seeds."""
+    steps = list(zip(chain.body, slopes, strict=True))[: len(chain.body) - consumed]
+    left = sum(id(module) in wanted for module, _ in steps)
+    for module, slope in reversed(steps):
+        if left == 0:
+            return
         if slope is not None:
             jacobian = jacobian.through_activation(slope)
             continue
         if id(module) in wanted:
             totals[wanted[id(module)]] += jacobian.squared_norms()
             left -= 1
-            if left == 0:
-                return
-        jacobian = jacobian.through_linear(module.weight.detach())
+        jacobian = jacobian.through_linear(module, memo)
 
 
 def chain_sensitivities(run: ChainRun, pre_activations: list[nn.Linear], output: torch.Tensor,
@@ -256,25 +282,29 @@ def chain_sensitivities(run: ChainRun, pre_activations: list[nn.Linear], output:
     """``s(x)`` (B, n) at the output of each layer in ``pre_activations`` by the reverse
     Jacobian recursion, after ``run`` computed ``output``; options as in :func:`sensitivities`.
 
-    Works on tiles of samples x blocks of seeds of at most ``CHAIN_ELEMENTS`` per Jacobian.
+    Works on blocks of seeds x tiles of samples of at most ``CHAIN_ELEMENTS`` per Jacobian.
     """
     batch, n_out = output.shape
     wanted = {id(layer): k for k, layer in enumerate(pre_activations)}
     totals = [output.new_zeros(batch, layer.out_features) for layer in pre_activations]
-    seeds = n_out if probes is None else probes
+    if probes is None:
+        shared, consumed = _shared_seeds(run.chain, wanted, totals, output)
+    else:
+        shared, consumed = None, 0
+    seeds = len(shared) if probes is None else probes
     width = max(run.chain.width, n_out)
     block = max(1, min(seeds, CHAIN_ELEMENTS // (MIN_TILE * width)))
     tile = max(MIN_TILE, CHAIN_ELEMENTS // (block * width))
-    identity = torch.eye(n_out, dtype=output.dtype, device=output.device)
-    for first, last in _blocks(batch, tile):
-        slopes = [None if slope is None else slope[first:last] for slope in run.slopes]
-        rows = [total[first:last] for total in totals]
-        for start, stop in _blocks(seeds, block):
+    for start, stop in _blocks(seeds, block):
+        memo: dict = {}
+        for first, last in _blocks(batch, tile):
             if probes is None:
-                jacobian = _Jacobian(identity[start:stop])
+                jacobian = _Jacobian(shared[start:stop])
             else:
                 jacobian = _Jacobian(rademacher((last - first, stop - start, n_out), probes,
                                                 generator, dtype=output.dtype,
                                                 device=output.device))
-            _reverse(run.chain, slopes, wanted, jacobian, rows)
+            slopes = [None if slope is None else slope[first:last] for slope in run.slopes]
+            _reverse(run.chain, slopes, wanted, jacobian, [t[first:last] for t in totals],
+                     consumed=consumed, memo=memo)
     return totals

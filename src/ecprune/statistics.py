@@ -29,6 +29,8 @@ from .batching import Batch
 from .sensitivity import ChainRun, chain_sensitivities, find_chain, resolve_probes, sensitivities
 
 ACCUMULATE_DTYPE = torch.float64
+# Samples per tile of the statistics GEMM: keeps its operands cache-sized.
+STATS_TILE = 512
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -230,7 +232,7 @@ class Accumulator:
 
     def _workspace(self, name: str, a: torch.Tensor) -> _SumsWorkspace:
         workspace = self._workspaces.get(name)
-        if workspace is None or len(workspace.right) < len(a):
+        if workspace is None or len(workspace.right) < min(len(a), STATS_TILE):
             workspace = _SumsWorkspace(a, self.layers[name].out_features)
             self._workspaces[name] = workspace
         return workspace
@@ -277,31 +279,35 @@ class Accumulator:
 
 
 class _SumsWorkspace:
-    """Buffers reused across chunks for one layer's statistics GEMM (fresh multi-MB buffers
-    each chunk would page-fault on every chunk).
+    """Buffers, reused across chunks, for one layer's statistics GEMM on tiles of at most
+    ``STATS_TILE`` samples (cache-sized; fresh multi-MB buffers would page-fault each chunk).
 
-    ``right = [a - c, (a - c)^2, 1]`` (B, 2 n_in + 1) and ``left = [s, 1]`` (B, n_out + 1):
-    ``left^T right`` holds ``P``, ``Q`` and ``S`` in its first ``n_out`` rows and
-    ``sum (a - c)``, ``sum (a - c)^2`` in its last.
+    ``right = [a - c, (a - c)^2, 1]`` (tile, 2 n_in + 1) and ``left = [s, 1]`` (tile, n_out + 1):
+    ``left^T right``, summed over the tiles of a chunk, holds ``P``, ``Q`` and ``S`` in its
+    first ``n_out`` rows and ``sum (a - c)``, ``sum (a - c)^2`` in its last.
     """
 
     def __init__(self, a: torch.Tensor, n_out: int):
-        batch, n_in = a.shape
-        self.right = a.new_ones(batch, 2 * n_in + 1)
-        self.left = a.new_ones(batch, n_out + 1)
+        tile, n_in = min(len(a), STATS_TILE), a.shape[1]
+        self.right = a.new_ones(tile, 2 * n_in + 1)
+        self.left = a.new_ones(tile, n_out + 1)
+        self.sums = a.new_empty(n_out + 1, 2 * n_in + 1)
 
     def add(self, layer: LayerStatistics, s: torch.Tensor, a: torch.Tensor) -> None:
         """Add one chunk's ``S``, ``P``, ``Q`` and ``sum a`` to ``layer``."""
-        batch, n_in = a.shape
-        right, left = self.right[:batch], self.left[:batch]
-        torch.sub(a, layer.input_shift.to(a.dtype), out=right[:, :n_in])
-        torch.square(right[:, :n_in], out=right[:, n_in : 2 * n_in])
-        left[:, :-1] = s
-        sums = (left.T @ right).to(ACCUMULATE_DTYPE)  # (n_out + 1, 2 n_in + 1)
+        n_in, shift, sums = a.shape[1], layer.input_shift.to(a.dtype), self.sums.zero_()
+        for start in range(0, len(a), len(self.right)):
+            rows = a[start : start + len(self.right)]
+            right, left = self.right[: len(rows)], self.left[: len(rows)]
+            torch.sub(rows, shift, out=right[:, :n_in])
+            torch.square(right[:, :n_in], out=right[:, n_in : 2 * n_in])
+            left[:, :-1] = s[start : start + len(rows)]
+            sums.addmm_(left.T, right)
+        sums = sums.to(ACCUMULATE_DTYPE)  # (n_out + 1, 2 n_in + 1)
         layer.sens_act += sums[:-1, :n_in]
         layer.sens_act_sq += sums[:-1, n_in : 2 * n_in]
         layer.sens_sum += sums[:-1, -1]
-        layer.input_sum += sums[-1, :n_in] + batch * layer.input_shift
+        layer.input_sum += sums[-1, :n_in] + len(a) * layer.input_shift
 
 
 def collect_statistics(
