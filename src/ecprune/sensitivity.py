@@ -34,11 +34,12 @@ ESTIMATORS = ("auto", "exact", "hutchinson")
 AUTO_PROBES = 16
 # Elements of one block of reverse passes (seeds x chunk x widest layer): bounds its memory.
 VJP_ELEMENTS = 2**24
-# The chain engine works on tiles of samples x seeds x width of at most CHAIN_ELEMENTS
-# (cache-sized; tiles keep at least MIN_TILE samples so that the GEMMs stay efficient), and
-# fuses a per-sample scale into a GEMM only while (seeds x weight) stays under MIXED_ELEMENTS.
+# On CPUs the chain engine works on tiles of samples x seeds x width of at most CHAIN_ELEMENTS
+# (cache-sized: measured best in benchmarks/; tiles keep at least MIN_TILE samples), elsewhere
+# of VJP_ELEMENTS. It fuses a per-sample scale into a GEMM only while (seeds x weight) stays
+# under MIXED_ELEMENTS.
 CHAIN_ELEMENTS = 2**19
-MIN_TILE = 256
+MIN_TILE = 32
 MIXED_ELEMENTS = 2**22
 # Up to this many seeds per block, sum_k G_k^2 is accumulated column by column.
 SMALL_BLOCK = 16
@@ -119,10 +120,10 @@ class Chain:
     prefix: tuple[nn.Module, ...]
     body: tuple[nn.Module, ...]
 
-    @property
-    def width(self) -> int:
-        """The widest layer output in the body."""
-        return max(m.out_features for m in self.body if type(m) is nn.Linear)
+    def width(self, consumed: int = 0) -> int:
+        """The widest Linear output in the body but its last ``consumed`` modules."""
+        body = self.body[: len(self.body) - consumed]
+        return max((m.out_features for m in body if type(m) is nn.Linear), default=1)
 
 
 def _flatten(module: nn.Module) -> list[nn.Module] | None:
@@ -292,9 +293,10 @@ def chain_sensitivities(run: ChainRun, pre_activations: list[nn.Linear], output:
     else:
         shared, consumed = None, 0
     seeds = len(shared) if probes is None else probes
-    width = max(run.chain.width, n_out)
-    block = max(1, min(seeds, CHAIN_ELEMENTS // (MIN_TILE * width)))
-    tile = max(MIN_TILE, CHAIN_ELEMENTS // (block * width))
+    width = run.chain.width(consumed)  # of the per-sample Jacobians
+    budget = CHAIN_ELEMENTS if output.device.type == "cpu" else VJP_ELEMENTS
+    block = max(1, min(seeds, budget // (min(batch, MIN_TILE) * width)))
+    tile = max(MIN_TILE, budget // (block * width))
     for start, stop in _blocks(seeds, block):
         memo: dict = {}
         for first, last in _blocks(batch, tile):
