@@ -1,0 +1,123 @@
+"""How the statistics pass scales with samples, width and outputs (log-log plots).
+
+Three sweeps, each timing a gradient pass and ECP's statistics pass on random inputs
+(interleaved repeats, medians):
+
+- samples: 784-64-64-10 on 1k .. 60k inputs;
+- width: 784-w-w-10 on 10k inputs;
+- outputs: 256-512-512-n on 2k inputs, ECP exact, Hutchinson and ``"auto"``.
+
+Run: ``python benchmarks/statistics_scaling.py`` (resumable: finished cells are kept);
+writes ``docs/benchmarks/statistics_scaling.csv`` and ``docs/figures/statistics_scaling.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+
+from statistics_common import (
+    FIGURES,
+    RESULTS,
+    gradient_pass,
+    interleaved_times,
+    machine,
+    mlp,
+    random_data,
+    write_json,
+)
+
+import ecprune
+from ecprune.sensitivity import AUTO_PROBES
+
+SWEEPS = {
+    "samples": [(784, 64, 64, 10, n) for n in (1000, 2000, 5000, 10_000, 20_000, 60_000)],
+    "width": [(784, w, w, 10, 10_000) for w in (32, 64, 128, 256, 512, 1024)],
+    "outputs": [(256, 512, 512, n, 2000) for n in (1, 4, 16, 64, 256, 1024)],
+}
+X_OF = {"samples": 4, "width": 1, "outputs": 3}
+PATH = RESULTS / "statistics_scaling.csv"
+
+
+def tasks(sweep: str, widths: list[int], x, y, loss: str) -> dict:
+    model = mlp(widths)
+    found = {"gradient pass": lambda: gradient_pass(model, x, y, loss),
+             "ecp": lambda: ecprune.importance(model, x, "ecp", progress=False)}
+    if sweep == "outputs":
+        found["ecp"] = lambda: ecprune.importance(model, x, "ecp", progress=False,
+                                                  sensitivity="exact")
+        found[f"ecp, hutchinson {AUTO_PROBES}"] = lambda: ecprune.importance(
+            model, x, "ecp", progress=False, sensitivity="hutchinson")
+    return found
+
+
+def run(repeats: int) -> list[dict]:
+    rows = []
+    if PATH.exists():
+        with open(PATH) as handle:
+            rows = list(csv.DictReader(handle))
+    done = {(r["sweep"], int(r["x"])) for r in rows}
+    for sweep, cells in SWEEPS.items():
+        for cell in cells:
+            *widths, samples = cell
+            if (sweep, cell[X_OF[sweep]]) in done:
+                continue
+            loss = "cross_entropy" if sweep != "outputs" else "mse"
+            x, y = random_data(widths, samples, loss)
+            times = interleaved_times(tasks(sweep, widths, x, y, loss), repeats)
+            for method, timing in times.items():
+                rows.append({"sweep": sweep, "x": cell[X_OF[sweep]], "method": method,
+                             "model": "-".join(map(str, widths)), "samples": samples,
+                             "seconds": round(timing["seconds"], 4),
+                             "load": round(os.getloadavg()[0], 2)})
+            print(rows[-len(times):], flush=True)
+            PATH.parent.mkdir(parents=True, exist_ok=True)
+            with open(PATH, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    return rows
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"samples": "training inputs (784-64-64-10)",
+              "width": "hidden width w (784-w-w-10, 10k inputs)",
+              "outputs": "outputs n (256-512-512-n, 2k inputs)"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, sweep in zip(axes, SWEEPS, strict=True):
+        mine = [r for r in rows if r["sweep"] == sweep]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            points = sorted((int(r["x"]), float(r["seconds"])) for r in mine
+                            if r["method"] == method)
+            label = "ecp, exact" if sweep == "outputs" and method == "ecp" else method
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(labels[sweep])
+        ax.set_ylabel("seconds")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Statistics pass against one gradient pass (2-core CPU, float32)", fontsize=11)
+    fig.tight_layout()
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURES / "statistics_scaling.png", dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    rows = run(args.repeats)
+    write_json(RESULTS / "statistics_scaling.json",
+               {"machine": machine(), "command": "python benchmarks/statistics_scaling.py"})
+    plot(rows)
+
+
+if __name__ == "__main__":
+    main()
