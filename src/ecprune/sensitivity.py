@@ -3,7 +3,8 @@
 ``s`` is a sum of squared vector-Jacobian products ``sum_k (v_k^T dy/du)^2`` over a set of
 seeds ``v_k`` per sample:
 
-- ``exact``: the unit vectors ``e_1 .. e_{n_out}``, one reverse pass per output;
+- ``exact``: the unit vectors ``e_1 .. e_{n_out}``, one reverse pass per output (the chain
+  engine needs only ``min(n_out, width)``: see :func:`_shared_seeds`);
 - ``hutchinson``: ``p`` Rademacher probes per sample, scaled by ``1/sqrt(p)``. Since
   ``E[v v^T] = I``, the estimate is unbiased, ``E[(v^T g)^2] = ||g||^2``, and its cost is ``p``
   reverse passes whatever ``n_out``. One output: ``v = +-1`` gives ``s`` exactly. ECP's sums use

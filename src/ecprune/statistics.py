@@ -187,6 +187,38 @@ def forward(model: Callable[[torch.Tensor], object], inputs: torch.Tensor,
     return raw, output.reshape(output.shape[0], -1)
 
 
+class _SumsWorkspace:
+    """Buffers, reused across chunks, for one layer's statistics GEMM on tiles of at most
+    ``STATS_TILE`` samples (cache-sized; fresh multi-MB buffers would page-fault each chunk).
+
+    ``right = [a - c, (a - c)^2, 1]`` (tile, 2 n_in + 1) and ``left = [s, 1]`` (tile, n_out + 1):
+    ``left^T right``, summed over the tiles of a chunk, holds ``P``, ``Q`` and ``S`` in its
+    first ``n_out`` rows and ``sum (a - c)``, ``sum (a - c)^2`` in its last.
+    """
+
+    def __init__(self, a: torch.Tensor, n_out: int):
+        tile, n_in = min(len(a), STATS_TILE), a.shape[1]
+        self.right = a.new_ones(tile, 2 * n_in + 1)
+        self.left = a.new_ones(tile, n_out + 1)
+        self.sums = a.new_empty(n_out + 1, 2 * n_in + 1)
+
+    def add(self, layer: LayerStatistics, s: torch.Tensor, a: torch.Tensor) -> None:
+        """Add one chunk's ``S``, ``P``, ``Q`` and ``sum a`` to ``layer``."""
+        n_in, shift, sums = a.shape[1], layer.input_shift.to(a.dtype), self.sums.zero_()
+        for start in range(0, len(a), len(self.right)):
+            rows = a[start : start + len(self.right)]
+            right, left = self.right[: len(rows)], self.left[: len(rows)]
+            torch.sub(rows, shift, out=right[:, :n_in])
+            torch.square(right[:, :n_in], out=right[:, n_in : 2 * n_in])
+            left[:, :-1] = s[start : start + len(rows)]
+            sums.addmm_(left.T, right)
+        sums = sums.to(ACCUMULATE_DTYPE)  # (n_out + 1, 2 n_in + 1)
+        layer.sens_act += sums[:-1, :n_in]
+        layer.sens_act_sq += sums[:-1, n_in : 2 * n_in]
+        layer.sens_sum += sums[:-1, -1]
+        layer.input_sum += sums[-1, :n_in] + len(a) * layer.input_shift
+
+
 class Accumulator:
     """Float64 running sums for one pass; ``update`` takes one chunk into ``stats``.
 
@@ -245,11 +277,10 @@ class Accumulator:
             self._probe_generator = torch.Generator(device=output.device)
             self._probe_generator.manual_seed(request.seed)
         options = {"probes": stats.probes, "generator": self._probe_generator}
+        if self.run is None:
+            return sensitivities(output, us, **options)
         with torch.no_grad():
-            if self.run is not None:
-                return chain_sensitivities(self.run, list(self.layers.values()), output,
-                                           **options)
-        return sensitivities(output, us, **options)
+            return chain_sensitivities(self.run, list(self.layers.values()), output, **options)
 
     def _new_layer(self, name: str, a: torch.Tensor) -> LayerStatistics:
         n_out, n_in = self.layers[name].out_features, a.shape[1]
@@ -276,38 +307,6 @@ class Accumulator:
             keys = torch.cat([stats.sample_keys, keys])
         order = torch.argsort(keys, stable=True)[: self.request.samples]
         stats.samples, stats.sample_keys = inputs[order].detach(), keys[order]
-
-
-class _SumsWorkspace:
-    """Buffers, reused across chunks, for one layer's statistics GEMM on tiles of at most
-    ``STATS_TILE`` samples (cache-sized; fresh multi-MB buffers would page-fault each chunk).
-
-    ``right = [a - c, (a - c)^2, 1]`` (tile, 2 n_in + 1) and ``left = [s, 1]`` (tile, n_out + 1):
-    ``left^T right``, summed over the tiles of a chunk, holds ``P``, ``Q`` and ``S`` in its
-    first ``n_out`` rows and ``sum (a - c)``, ``sum (a - c)^2`` in its last.
-    """
-
-    def __init__(self, a: torch.Tensor, n_out: int):
-        tile, n_in = min(len(a), STATS_TILE), a.shape[1]
-        self.right = a.new_ones(tile, 2 * n_in + 1)
-        self.left = a.new_ones(tile, n_out + 1)
-        self.sums = a.new_empty(n_out + 1, 2 * n_in + 1)
-
-    def add(self, layer: LayerStatistics, s: torch.Tensor, a: torch.Tensor) -> None:
-        """Add one chunk's ``S``, ``P``, ``Q`` and ``sum a`` to ``layer``."""
-        n_in, shift, sums = a.shape[1], layer.input_shift.to(a.dtype), self.sums.zero_()
-        for start in range(0, len(a), len(self.right)):
-            rows = a[start : start + len(self.right)]
-            right, left = self.right[: len(rows)], self.left[: len(rows)]
-            torch.sub(rows, shift, out=right[:, :n_in])
-            torch.square(right[:, :n_in], out=right[:, n_in : 2 * n_in])
-            left[:, :-1] = s[start : start + len(rows)]
-            sums.addmm_(left.T, right)
-        sums = sums.to(ACCUMULATE_DTYPE)  # (n_out + 1, 2 n_in + 1)
-        layer.sens_act += sums[:-1, :n_in]
-        layer.sens_act_sq += sums[:-1, n_in : 2 * n_in]
-        layer.sens_sum += sums[:-1, -1]
-        layer.input_sum += sums[-1, :n_in] + len(a) * layer.input_shift
 
 
 def collect_statistics(
