@@ -284,3 +284,21 @@ def test_chain_engine_runs_under_module_hooks_of_flop_counter(tiny):
     assert counter.get_total_flops() > 0
     for name, result in plain.items():
         torch.testing.assert_close(counted[name].score, result.score, rtol=0, atol=0)
+
+
+def test_chain_engine_stops_at_the_first_pruned_layer(monkeypatch):
+    """The reverse passes never multiply by the first layer's (wide) weight."""
+    model = mlp([30, 5, 4, 3], nn.PReLU)
+    x = torch.randn(16, 30, dtype=torch.float64)
+    crossed = []
+    original = sensitivity._Jacobian.through_linear
+
+    def spy(self, layer, memo):
+        crossed.append(layer)
+        return original(self, layer, memo)
+
+    monkeypatch.setattr(sensitivity._Jacobian, "through_linear", spy)
+    for probes in (None, 2):
+        crossed.clear()
+        engine_sensitivities(model, x, chain=True, probes=probes)
+        assert model[0] not in crossed and model[2] in crossed

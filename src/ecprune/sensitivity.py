@@ -267,7 +267,7 @@ def _reverse(chain: Chain, slopes: list, wanted: dict[int, int], jacobian: _Jaco
     steps = list(zip(chain.body, slopes, strict=True))[: len(chain.body) - consumed]
     left = sum(id(module) in wanted for module, _ in steps)
     for module, slope in reversed(steps):
-        if left == 0:
+        if left == 0:  # nothing upstream is pruned: stop before the first layer's wide input
             return
         if slope is not None:
             jacobian = jacobian.through_activation(slope)
@@ -275,6 +275,8 @@ def _reverse(chain: Chain, slopes: list, wanted: dict[int, int], jacobian: _Jaco
         if id(module) in wanted:
             totals[wanted[id(module)]] += jacobian.squared_norms()
             left -= 1
+            if left == 0:
+                return
         jacobian = jacobian.through_linear(module, memo)
 
 
