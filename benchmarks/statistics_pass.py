@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -138,9 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nonlinear-weights", type=int, default=64,
                         help="weights per layer timed for the nonlinear baseline")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's, one per core)")
     parser.add_argument("--output", type=Path, default=RESULTS / "statistics_pass",
                         help="path stem of the .csv and .json results")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     facts = machine()
     rate = gemm_rate()
     rows = []
@@ -151,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     facts["gemm_gflops_end"] = round(gemm_rate(), 1)
     write_json(args.output.with_suffix(".json"),
                {"machine": facts, "gemm_gflops": round(rate, 1), "rows": rows,
-                "command": "python benchmarks/statistics_pass.py"})
+                "command": "python benchmarks/statistics_pass.py " + " ".join(
+                    sys.argv[1:] if argv is None else argv)})
     with open(args.output.with_suffix(".csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
