@@ -41,7 +41,7 @@ from torch.utils.data import TensorDataset
 import ecprune
 from ecprune.batching import iter_batches
 from ecprune.nonlinear import brute_force_errors
-from ecprune.sensitivity import AUTO_PROBES
+from ecprune.sensitivity import resolve_probes
 from ecprune.statistics import StatisticsRequest, collect_statistics
 
 NONLINEAR_FULL_SECONDS = 60.0  # run the public nonlinear criterion in full below this
@@ -58,7 +58,7 @@ def tasks_for(name: str, model, x, y, loss: str) -> dict:
         "magnitude": lambda: ecprune.importance(model, x, "magnitude", progress=False),
         "gradient": lambda: ecprune.importance(model, data, "gradient", progress=False),
     }
-    if model[-1].out_features > AUTO_PROBES:
+    if resolve_probes("auto", None, model[-1].out_features) is not None:
         tasks["ecp, exact"] = lambda: ecprune.importance(model, x, "ecp", progress=False,
                                                          sensitivity="exact")
     return tasks

@@ -34,7 +34,7 @@ from ecprune.sensitivity import AUTO_PROBES
 SWEEPS = {
     "samples": [(784, 64, 64, 10, n) for n in (1000, 2000, 5000, 10_000, 20_000, 60_000)],
     "width": [(784, w, w, 10, 10_000) for w in (32, 64, 128, 256, 512, 1024)],
-    "outputs": [(256, 512, 512, n, 2000) for n in (1, 4, 16, 64, 256, 1024)],
+    "outputs": [(256, 512, 512, n, 2000) for n in (1, 4, 8, 16, 32, 64, 256, 1024)],
 }
 X_OF = {"samples": 4, "width": 1, "outputs": 3}
 PATH = RESULTS / "statistics_scaling.csv"

@@ -139,13 +139,14 @@ def collect(model, x, **request):
 
 def test_engine_and_estimator_choice_are_recorded():
     x = torch.randn(8, 3, dtype=torch.float64)
-    many = mlp([3, 4, sensitivity.AUTO_PROBES + 1])
-    few = mlp([3, 4, sensitivity.AUTO_PROBES])
+    limit = max(sensitivity.AUTO_EXACT_OUTPUTS, sensitivity.AUTO_PROBES)
+    many, few = mlp([3, 4, limit + 1]), mlp([3, 4, limit])
     assert (collect(many, x).engine, collect(many, x).probes) == ("chain", sensitivity.AUTO_PROBES)
     assert (collect(few, x).engine, collect(few, x).probes) == ("chain", None)
     assert collect(Wrapped(few), x, estimator="hutchinson", probes=3).probes == 3
     assert collect(Wrapped(many), x, estimator="exact").engine == "autograd"
-    assert collect(many, x, probes=100).probes is None  # auto: exact while n_out <= probes
+    assert collect(many, x, probes=limit + 1).probes is None  # never more passes than exact
+    assert collect(many, x, probes=2).probes == 2
 
 
 def hutchinson_check(model, x, *, chain: bool, probes: int, repeats: int):

@@ -36,8 +36,9 @@ class Options:
     progress: tqdm bars (None: only on a terminal).
     sensitivity: how ECP gets ``s_i = ||dy/du_i||^2``: ``"exact"`` (one reverse pass per
         output), ``"hutchinson"`` (unbiased estimate from ``probes`` Rademacher probes per
-        sample, cost independent of the number of outputs) or ``"auto"`` (exact while the
-        output has at most ``probes`` entries, else Hutchinson).
+        sample, cost independent of the number of outputs) or ``"auto"`` (exact up to
+        ``ecprune.sensitivity.AUTO_EXACT_OUTPUTS`` outputs, or ``probes`` if more, else
+        Hutchinson).
     probes: probes of the Hutchinson estimate (None: ``ecprune.sensitivity.AUTO_PROBES``).
     """
 

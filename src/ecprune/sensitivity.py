@@ -31,8 +31,9 @@ from torch import nn
 
 ESTIMATORS = ("auto", "exact", "hutchinson")
 # Probes of the Hutchinson estimator when none are given, and the output size up to which
-# "auto" stays exact: see docs/performance.md ("Many outputs") for the measurements behind it.
-AUTO_PROBES = 16
+# "auto" stays exact: see docs/performance.md ("Many outputs") for the measurements behind them.
+AUTO_PROBES = 8
+AUTO_EXACT_OUTPUTS = 16
 # Elements of one block of reverse passes (seeds x chunk x widest layer): bounds its memory.
 VJP_ELEMENTS = 2**24
 # On CPUs the chain engine works on tiles of samples x seeds x width of at most CHAIN_ELEMENTS
@@ -57,11 +58,13 @@ ELEMENTWISE = (
 def resolve_probes(estimator: str, probes: int | None, n_out: int) -> int | None:
     """Number of Hutchinson probes for ``n_out`` outputs, or None for exact sensitivities.
 
-    ``"auto"`` is exact while ``n_out <= probes`` (default :data:`AUTO_PROBES`): the estimator
-    would cost as many reverse passes as the exact sums, and is exact anyway for one output.
+    ``"auto"`` is exact while ``n_out <= max(AUTO_EXACT_OUTPUTS, probes)``: up to there exact
+    sums cost at most about twice the default estimate, and never more reverse passes than
+    the estimate asked for; beyond, ``probes`` (default :data:`AUTO_PROBES`) probes.
     """
     chosen = AUTO_PROBES if probes is None else probes
-    if estimator == "exact" or (estimator == "auto" and n_out <= chosen):
+    if estimator == "exact" or (estimator == "auto" and n_out <= max(AUTO_EXACT_OUTPUTS,
+                                                                     chosen)):
         return None
     return chosen
 
