@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -134,8 +134,3 @@ def machine() -> dict:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def chunks(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
-    for start in range(0, len(tensor), CHUNK):
-        yield tensor[start : start + CHUNK]

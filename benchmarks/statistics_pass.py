@@ -9,14 +9,16 @@ extrapolated to all of them; also run in full where that takes under a minute). 
 printed as a ratio to the gradient pass and as GFLOP/s (matrix-product flops counted by
 ``torch.utils.flop_counter``) against a GEMM rate measured in the same run.
 
-Run: ``python benchmarks/statistics_pass.py`` (about 15 minutes on 2 idle cores); writes
-``docs/benchmarks/statistics_pass.{csv,json}``.
+Run: ``python benchmarks/statistics_pass.py [--models mnist ...]`` (about 15 minutes on 2 idle
+cores); writes ``docs/benchmarks/statistics_pass.csv`` (rows of models not rerun are kept,
+each row with its date, load, threads and niceness) and ``statistics_pass.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,11 +91,15 @@ def nonlinear_cost(model, x, *, weights: int, samples: int) -> dict:
     return {"seconds": total_seconds, "flops": total_flops, "per_weight_seconds": per_weight}
 
 
-def bench_model(name: str, args, rate: float) -> list[dict]:
+def bench_model(name: str, args) -> list[dict]:
+    """Every row of one model; the GEMM rate and the load are taken just before its runs."""
     widths, samples, loss = MODELS[name]
     samples = args.samples or samples
     model = mlp(widths, seed=args.seed)
     x, y = random_data(widths, samples, loss, seed=args.seed)
+    context = {"date": machine()["date"], "load": round(os.getloadavg()[0], 2),
+               "threads": torch.get_num_threads(), "nice": os.nice(0)}
+    rate = gemm_rate()
     tasks = tasks_for(name, model, x, y, loss)
     times = interleaved_times(tasks, args.repeats)
     flops = {label: count_flops(task) for label, task in tasks.items()}
@@ -115,20 +121,22 @@ def bench_model(name: str, args, rate: float) -> list[dict]:
             "seconds": round(seconds, 4), "cpu_seconds": round(timing.get("cpu_seconds", 0), 4),
             "ratio": round(seconds / base, 3), "gflop": round(flops[label] / 1e9, 2),
             "gflops_per_s": round(flops[label] / seconds / 1e9, 1),
+            "gemm_gflops_per_s": round(rate, 1),
             "gemm_fraction": round(flops[label] / seconds / 1e9 / rate, 3),
             "us_per_weight": (round(seconds / n_weights * 1e6, 2) if "nonlinear" in label
                               else ""),
+            **context,
         })
     return rows
 
 
-def print_table(rows: list[dict], rate: float) -> None:
-    print(f"GEMM 128x784x4480 float32: {rate:.0f} GFLOP/s")
-    header = f"{'model':<24}{'method':<28}{'seconds':>9}{'x grad':>8}{'GFLOP/s':>9}{'of GEMM':>9}"
-    print(header)
+def print_table(rows: list[dict]) -> None:
+    print(f"{'model':<22}{'method':<26}{'seconds':>9}{'x grad':>8}{'GFLOP/s':>9}{'of GEMM':>9}"
+          f"{'GEMM':>7}{'load':>6}")
     for row in rows:
-        print(f"{row['model']:<24}{row['method']:<28}{row['seconds']:>9.3f}{row['ratio']:>8.2f}"
-              f"{row['gflops_per_s']:>9.1f}{row['gemm_fraction']:>9.2f}")
+        print(f"{row['model']:<22}{row['method']:<26}{row['seconds']:>9.3f}{row['ratio']:>8.2f}"
+              f"{row['gflops_per_s']:>9.1f}{row['gemm_fraction']:>9.2f}"
+              f"{row['gemm_gflops_per_s']:>7.0f}{row['load']:>6.1f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,23 +154,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    facts = machine()
-    rate = gemm_rate()
+    path = args.output.with_suffix(".csv")
     rows = []
+    if path.exists():  # keep the other models' rows: rerun one model at a time
+        with open(path) as handle:
+            rows = list(csv.DictReader(handle))
     for name in args.models:
-        rows.extend(bench_model(name, args, rate))
-        print_table(rows, rate)
-    facts["load_average_end"] = machine()["load_average"]
-    facts["gemm_gflops_end"] = round(gemm_rate(), 1)
+        fresh = bench_model(name, args)
+        rows = [r for r in rows if r["model"] != fresh[0]["model"]] + fresh
+        print_table(fresh)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(fresh[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     write_json(args.output.with_suffix(".json"),
-               {"machine": facts, "gemm_gflops": round(rate, 1), "rows": rows,
-                "command": "python benchmarks/statistics_pass.py " + " ".join(
-                    sys.argv[1:] if argv is None else argv)})
-    with open(args.output.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(facts)
+               {"machine": machine(), "last_command": "python benchmarks/statistics_pass.py "
+                + " ".join(sys.argv[1:] if argv is None else argv)})
 
 
 if __name__ == "__main__":
