@@ -5,7 +5,8 @@ Three sweeps, each timing a gradient pass and ECP's statistics pass on random in
 
 - samples: 784-64-64-10 on 1k .. 60k inputs;
 - width: 784-w-w-10 on 10k inputs;
-- outputs: 256-512-512-n on 2k inputs, ECP exact, Hutchinson and ``"auto"``.
+- outputs: 256-512-512-n on 2k inputs, ECP exact and Hutchinson (default probes);
+- probes: 256-512-512-1024 on 2k inputs, Hutchinson with 1 .. 64 probes against exact.
 
 Run: ``python benchmarks/statistics_scaling.py`` (resumable: finished cells are kept);
 writes ``docs/benchmarks/statistics_scaling.csv`` and ``docs/figures/statistics_scaling.png``.
@@ -35,20 +36,22 @@ SWEEPS = {
     "samples": [(784, 64, 64, 10, n) for n in (1000, 2000, 5000, 10_000, 20_000, 60_000)],
     "width": [(784, w, w, 10, 10_000) for w in (32, 64, 128, 256, 512, 1024)],
     "outputs": [(256, 512, 512, n, 2000) for n in (1, 4, 8, 16, 32, 64, 256, 1024)],
+    "probes": [(256, 512, 512, 1024, 2000, p) for p in (1, 2, 4, 8, 16, 32, 64)],
 }
-X_OF = {"samples": 4, "width": 1, "outputs": 3}
+X_OF = {"samples": 4, "width": 1, "outputs": 3, "probes": 5}
 PATH = RESULTS / "statistics_scaling.csv"
 
 
-def tasks(sweep: str, widths: list[int], x, y, loss: str) -> dict:
+def tasks(sweep: str, widths: list[int], x, y, loss: str, probes: int | None) -> dict:
     model = mlp(widths)
     found = {"gradient pass": lambda: gradient_pass(model, x, y, loss),
              "ecp": lambda: ecprune.importance(model, x, "ecp", progress=False)}
-    if sweep == "outputs":
-        found["ecp"] = lambda: ecprune.importance(model, x, "ecp", progress=False,
-                                                  sensitivity="exact")
-        found[f"ecp, hutchinson {AUTO_PROBES}"] = lambda: ecprune.importance(
-            model, x, "ecp", progress=False, sensitivity="hutchinson")
+    if sweep in ("outputs", "probes"):
+        exact = found.pop("ecp")
+        if sweep == "outputs":  # the probes sweep's model is the last of this sweep
+            found["ecp, exact"] = exact
+        found[f"ecp, hutchinson {probes or AUTO_PROBES}"] = lambda: ecprune.importance(
+            model, x, "ecp", progress=False, sensitivity="hutchinson", probes=probes)
     return found
 
 
@@ -60,13 +63,15 @@ def run(repeats: int) -> list[dict]:
     done = {(r["sweep"], int(r["x"])) for r in rows}
     for sweep, cells in SWEEPS.items():
         for cell in cells:
-            *widths, samples = cell
+            widths, samples = list(cell[:4]), cell[4]
+            probes = cell[5] if sweep == "probes" else None
             if (sweep, cell[X_OF[sweep]]) in done:
                 continue
-            loss = "cross_entropy" if sweep != "outputs" else "mse"
+            loss = "mse" if sweep in ("outputs", "probes") else "cross_entropy"
             x, y = random_data(widths, samples, loss)
-            times = interleaved_times(tasks(sweep, widths, x, y, loss), repeats)
+            times = interleaved_times(tasks(sweep, widths, x, y, loss, probes), repeats)
             for method, timing in times.items():
+                method = "ecp, hutchinson" if sweep == "probes" and "hutch" in method else method
                 rows.append({"sweep": sweep, "x": cell[X_OF[sweep]], "method": method,
                              "model": "-".join(map(str, widths)), "samples": samples,
                              "seconds": round(timing["seconds"], 4),
@@ -88,15 +93,20 @@ def plot(rows: list[dict]) -> None:
 
     labels = {"samples": "training inputs (784-64-64-10)",
               "width": "hidden width w (784-w-w-10, 10k inputs)",
-              "outputs": "outputs n (256-512-512-n, 2k inputs)"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+              "outputs": "outputs n (256-512-512-n, 2k inputs)",
+              "probes": "Hutchinson probes (256-512-512-1024, 2k inputs)"}
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     for ax, sweep in zip(axes, SWEEPS, strict=True):
         mine = [r for r in rows if r["sweep"] == sweep]
         for method in dict.fromkeys(r["method"] for r in mine):
             points = sorted((int(r["x"]), float(r["seconds"])) for r in mine
                             if r["method"] == method)
-            label = "ecp, exact" if sweep == "outputs" and method == "ecp" else method
-            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+            ax.plot(*zip(*points, strict=True), marker="o", label=method)
+        if sweep == "probes":
+            exact = [float(r["seconds"]) for r in rows if r["sweep"] == "outputs"
+                     and r["method"] == "ecp, exact" and int(r["x"]) == 1024]
+            for seconds in exact:
+                ax.axhline(seconds, color="gray", ls="--", label="ecp, exact (outputs sweep)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(labels[sweep])
