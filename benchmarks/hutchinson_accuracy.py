@@ -18,14 +18,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import math
 import time
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from statistics_common import FIGURES, RESULTS, ROOT, machine, mlp, write_json
+from statistics_common import (
+    RESULTS,
+    ROOT,
+    machine,
+    mlp,
+    pyplot,
+    read_csv,
+    save_figure,
+    write_csv,
+    write_json,
+)
 from torch.nn import functional as F
 
 import ecprune
@@ -109,16 +118,9 @@ def cell(model, x_train, x_test, exact, probes: int | None, seed: int) -> dict:
     return row
 
 
-def load_rows(path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path) as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
 def run(args) -> list[dict]:
     path = RESULTS / "hutchinson.csv"
-    rows = load_rows(path)
+    rows = [{k: float(v) for k, v in row.items()} for row in read_csv(path)]
     done = {(int(r["samples"]), int(r["probes"]), int(r["seed"])) for r in rows}
     x, y = heat_fields(args.train + 2000, seed=args.seed)
     model = trained_surrogate(x[: args.train], y[: args.train], epochs=args.epochs,
@@ -134,11 +136,9 @@ def run(args) -> list[dict]:
         for probes, seed in plan:
             rows.append(cell(model, x_train, x_test, exact, probes, seed))
             print(rows[-1], flush=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", newline="") as handle:  # rewritten whole: resumable
-                writer = csv.DictWriter(handle, fieldnames=FIELDS)
-                writer.writeheader()
-                writer.writerows(rows)
+            write_csv(path, rows, FIELDS)
+    if len(rows) == len(done):
+        return rows  # nothing new: keep the metadata of the run that made the rows
     with torch.no_grad():
         test_error = float((model(x_test) - y[args.train :]).square().sum()
                            / y[args.train :].square().sum())
@@ -149,12 +149,7 @@ def run(args) -> list[dict]:
 
 
 def plot(rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.9))
+    fig, axes = pyplot().subplots(1, 3, figsize=(14, 3.9))
     for samples, marker in zip(sorted({int(r["samples"]) for r in rows}), "os^", strict=False):
         mine = [r for r in rows if int(r["samples"]) == samples and r["probes"] > 0]
         exact = next(r for r in rows if int(r["samples"]) == samples and r["probes"] == 0)
@@ -187,9 +182,7 @@ def plot(rows: list[dict]) -> None:
     axes[2].axhline(1, color="gray", lw=0.8)
     fig.suptitle("Hutchinson sensitivities on a 256-512-512-1024 heat-equation surrogate "
                  "(mean over seeds, bars: range)", fontsize=11)
-    fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "hutchinson_agreement.png", dpi=120)
+    save_figure(fig, "hutchinson_agreement.png")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,6 @@ Run: ``python benchmarks/statistics_memory.py`` (a few minutes); writes
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -22,7 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
-from statistics_common import CHUNK, MODELS, RESULTS, Opaque, gradient_pass, mlp
+from statistics_common import CHUNK, MODELS, RESULTS, Opaque, gradient_pass, mlp, write_csv
 
 import ecprune
 
@@ -87,12 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                                      text=True, env=CHILD_ENV).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 print(rows[-1])
-    path = RESULTS / "statistics_memory.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(RESULTS / "statistics_memory.csv", rows)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ each row with its date, load, threads and niceness) and ``statistics_pass.json``
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -36,6 +35,8 @@ from statistics_common import (
     machine,
     mlp,
     random_data,
+    read_csv,
+    write_csv,
     write_json,
 )
 from torch.utils.data import TensorDataset
@@ -155,19 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.output.with_suffix(".csv")
-    rows = []
-    if path.exists():  # keep the other models' rows: rerun one model at a time
-        with open(path) as handle:
-            rows = list(csv.DictReader(handle))
+    rows = read_csv(path)  # keep the other models' rows: rerun one model at a time
     for name in args.models:
         fresh = bench_model(name, args)
         rows = [r for r in rows if r["model"] != fresh[0]["model"]] + fresh
         print_table(fresh)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(fresh[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(path, rows)
     write_json(args.output.with_suffix(".json"),
                {"machine": machine(), "last_command": "python benchmarks/statistics_pass.py "
                 + " ".join(sys.argv[1:] if argv is None else argv)})

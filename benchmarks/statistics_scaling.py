@@ -15,17 +15,19 @@ writes ``docs/benchmarks/statistics_scaling.csv`` and ``docs/figures/statistics_
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 
 from statistics_common import (
-    FIGURES,
     RESULTS,
     gradient_pass,
     interleaved_times,
     machine,
     mlp,
+    pyplot,
     random_data,
+    read_csv,
+    save_figure,
+    write_csv,
     write_json,
 )
 
@@ -56,10 +58,7 @@ def tasks(sweep: str, widths: list[int], x, y, loss: str, probes: int | None) ->
 
 
 def run(repeats: int) -> list[dict]:
-    rows = []
-    if PATH.exists():
-        with open(PATH) as handle:
-            rows = list(csv.DictReader(handle))
+    rows = read_csv(PATH)
     done = {(r["sweep"], int(r["x"])) for r in rows}
     for sweep, cells in SWEEPS.items():
         for cell in cells:
@@ -77,25 +76,16 @@ def run(repeats: int) -> list[dict]:
                              "seconds": round(timing["seconds"], 4),
                              "load": round(os.getloadavg()[0], 2)})
             print(rows[-len(times):], flush=True)
-            PATH.parent.mkdir(parents=True, exist_ok=True)
-            with open(PATH, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            write_csv(PATH, rows)
     return rows
 
 
 def plot(rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = {"samples": "training inputs (784-64-64-10)",
               "width": "hidden width w (784-w-w-10, 10k inputs)",
               "outputs": "outputs n (256-512-512-n, 2k inputs)",
               "probes": "Hutchinson probes (256-512-512-1024, 2k inputs)"}
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    fig, axes = pyplot().subplots(1, 4, figsize=(19, 4.2))
     for ax, sweep in zip(axes, SWEEPS, strict=True):
         mine = [r for r in rows if r["sweep"] == sweep]
         for method in dict.fromkeys(r["method"] for r in mine):
@@ -114,9 +104,7 @@ def plot(rows: list[dict]) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Statistics pass against one gradient pass (2-core CPU, float32)", fontsize=11)
-    fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "statistics_scaling.png", dpi=120)
+    save_figure(fig, "statistics_scaling.png")
 
 
 def main(argv: list[str] | None = None) -> None:
