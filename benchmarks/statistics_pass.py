@@ -119,7 +119,9 @@ def bench_model(name: str, args) -> list[dict]:
         seconds = timing["seconds"]
         rows.append({
             "model": "-".join(map(str, widths)), "samples": samples, "method": label,
-            "seconds": round(seconds, 4), "cpu_seconds": round(timing.get("cpu_seconds", 0), 4),
+            "seconds": round(seconds, 4),
+            "median_seconds": round(timing.get("median_seconds", seconds), 4),
+            "cpu_seconds": round(timing.get("cpu_seconds", 0), 4),
             "ratio": round(seconds / base, 3), "gflop": round(flops[label] / 1e9, 2),
             "gflops_per_s": round(flops[label] / seconds / 1e9, 1),
             "gemm_gflops_per_s": round(rate, 1),
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--samples", type=int, default=None, help="override every model's")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--nonlinear-weights", type=int, default=64,
                         help="weights per layer timed for the nonlinear baseline")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """How the statistics pass scales with samples, width and outputs (log-log plots).
 
 Three sweeps, each timing a gradient pass and ECP's statistics pass on random inputs
-(interleaved repeats, medians):
+(interleaved repeats; the fastest is plotted):
 
 - samples: 784-64-64-10 on 1k .. 60k inputs;
 - width: 784-w-w-10 on 10k inputs;
@@ -74,6 +74,7 @@ def run(repeats: int) -> list[dict]:
                 rows.append({"sweep": sweep, "x": cell[X_OF[sweep]], "method": method,
                              "model": "-".join(map(str, widths)), "samples": samples,
                              "seconds": round(timing["seconds"], 4),
+                             "median_seconds": round(timing["median_seconds"], 4),
                              "load": round(os.getloadavg()[0], 2)})
             print(rows[-len(times):], flush=True)
             write_csv(PATH, rows)
@@ -109,7 +110,7 @@ def plot(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     rows = run(args.repeats)
     write_json(RESULTS / "statistics_scaling.json",
