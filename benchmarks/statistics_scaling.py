@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import torch
 from statistics_common import (
     RESULTS,
     gradient_pass,
@@ -75,7 +76,8 @@ def run(repeats: int) -> list[dict]:
                              "model": "-".join(map(str, widths)), "samples": samples,
                              "seconds": round(timing["seconds"], 4),
                              "median_seconds": round(timing["median_seconds"], 4),
-                             "load": round(os.getloadavg()[0], 2)})
+                             "load": round(os.getloadavg()[0], 2),
+                             "threads": torch.get_num_threads()})
             print(rows[-len(times):], flush=True)
             write_csv(PATH, rows)
     return rows
@@ -104,14 +106,19 @@ def plot(rows: list[dict]) -> None:
         ax.set_ylabel("seconds")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Statistics pass against one gradient pass (2-core CPU, float32)", fontsize=11)
+    threads = rows[0]["threads"]
+    fig.suptitle(f"Statistics pass against one gradient pass (float32, {threads} thread(s), "
+                 "fastest of 5)", fontsize=11)
     save_figure(fig, "statistics_scaling.png")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: robust timings on a shared machine)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     rows = run(args.repeats)
     write_json(RESULTS / "statistics_scaling.json",
                {"machine": machine(), "command": "python benchmarks/statistics_scaling.py"})
