@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import distributed
 from ._validation import check_choice, check_positive_int, check_sparsity
 from .batching import iter_batches
 from .compensation import apply_pruning, select
@@ -33,7 +34,10 @@ class Options:
     seed: seeds ``"random"`` and the subsample of ``"nonlinear"``.
     nonlinear_samples: size of the subsample over which ``"nonlinear"`` takes its expectation.
     add_bias: give bias-free layers a zero bias so they can be compensated (else an error).
-    progress: tqdm bars (None: only on a terminal).
+    progress: tqdm bars (None: only on a terminal; never on ranks other than 0).
+    shard: under ``torch.distributed``, treat ``data`` as the whole dataset, identical on every
+        rank, and stream only this rank's share of it; ``False``: ``data`` is already this
+        rank's shard. The sums are all-reduced either way.
     sensitivity: how ECP gets ``s_i = ||dy/du_i||^2``: ``"exact"`` (one reverse pass per
         output), ``"hutchinson"`` (unbiased estimate from ``probes`` Rademacher probes per
         sample, cost independent of the number of outputs) or ``"auto"`` (exact up to
@@ -50,6 +54,7 @@ class Options:
     nonlinear_samples: int = 1024
     add_bias: bool = False
     progress: bool | None = None
+    shard: bool = True
     sensitivity: str = "auto"
     probes: int | None = None
 
@@ -151,7 +156,9 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
         _check_biases(layers, method, opts.add_bias)
     loss = _require_targets(_resolve_loss(opts.loss)) if criterion.needs_targets else None
     dtype, device = model_dtype_device(model)
-    batches = iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype)
+    rank, world_size = distributed.world() if opts.shard else (0, 1)
+    batches = iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype,
+                           rank=rank, world_size=world_size)
     request = dataclasses.replace(
         criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed),
         estimator=opts.sensitivity, probes=opts.probes)
