@@ -112,7 +112,7 @@ def bench_model(name: str, args) -> list[dict]:
         ecprune.importance(model, x, "nonlinear", progress=False)
         times["nonlinear (full run)"] = {"seconds": time.perf_counter() - start}
         flops["nonlinear (full run)"] = nonlinear["flops"]
-    base = times["gradient pass"]["seconds"]
+    base, cpu_base = times["gradient pass"]["seconds"], times["gradient pass"]["cpu_seconds"]
     n_weights = sum(m.weight.numel() for m in model if isinstance(m, torch.nn.Linear))
     rows = []
     for label, timing in times.items():
@@ -122,7 +122,10 @@ def bench_model(name: str, args) -> list[dict]:
             "seconds": round(seconds, 4),
             "median_seconds": round(timing.get("median_seconds", seconds), 4),
             "cpu_seconds": round(timing.get("cpu_seconds", 0), 4),
-            "ratio": round(seconds / base, 3), "gflop": round(flops[label] / 1e9, 2),
+            "ratio": round(seconds / base, 3),
+            "cpu_ratio": (round(timing["cpu_seconds"] / cpu_base, 3) if "cpu_seconds" in timing
+                          else ""),
+            "gflop": round(flops[label] / 1e9, 2),
             "gflops_per_s": round(flops[label] / seconds / 1e9, 1),
             "gemm_gflops_per_s": round(rate, 1),
             "gemm_fraction": round(flops[label] / seconds / 1e9 / rate, 3),
@@ -134,11 +137,12 @@ def bench_model(name: str, args) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':<22}{'method':<26}{'seconds':>9}{'x grad':>8}{'GFLOP/s':>9}{'of GEMM':>9}"
-          f"{'GEMM':>7}{'load':>6}")
+    print(f"{'model':<22}{'method':<26}{'seconds':>9}{'x grad':>8}{'x grad cpu':>11}"
+          f"{'GFLOP/s':>9}{'of GEMM':>9}{'GEMM':>7}{'load':>6}")
     for row in rows:
+        cpu = f"{row['cpu_ratio']:>11.2f}" if row["cpu_ratio"] != "" else " " * 11
         print(f"{row['model']:<22}{row['method']:<26}{row['seconds']:>9.3f}{row['ratio']:>8.2f}"
-              f"{row['gflops_per_s']:>9.1f}{row['gemm_fraction']:>9.2f}"
+              f"{cpu}{row['gflops_per_s']:>9.1f}{row['gemm_fraction']:>9.2f}"
               f"{row['gemm_gflops_per_s']:>7.0f}{row['load']:>6.1f}")
 
 

@@ -51,9 +51,10 @@ def tasks(sweep: str, widths: list[int], x, y, loss: str, probes: int | None) ->
     found = {"gradient pass": lambda: gradient_pass(model, x, y, loss),
              "ecp": lambda: ecprune.importance(model, x, "ecp", progress=False)}
     if sweep in ("outputs", "probes"):
-        exact = found.pop("ecp")
+        del found["ecp"]
         if sweep == "outputs":  # the probes sweep's model is the last of this sweep
-            found["ecp, exact"] = exact
+            found["ecp, exact"] = lambda: ecprune.importance(model, x, "ecp", progress=False,
+                                                             sensitivity="exact")
         found[f"ecp, hutchinson {probes or AUTO_PROBES}"] = lambda: ecprune.importance(
             model, x, "ecp", progress=False, sensitivity="hutchinson", probes=probes)
     return found
