@@ -213,7 +213,7 @@ class _SumsWorkspace:
             torch.sub(rows, shift, out=right[:, :n_in])
             torch.square(right[:, :n_in], out=right[:, n_in : 2 * n_in])
             left[:, :-1] = s[start : start + len(rows)]
-            sums.addmm_(left.T, right)
+            torch.addmm(sums, left.T, right, out=sums)  # (not addmm_: flop counters skip it)
         sums = sums.to(ACCUMULATE_DTYPE)  # (n_out + 1, 2 n_in + 1)
         layer.sens_act += sums[:-1, :n_in]
         layer.sens_act_sq += sums[:-1, n_in : 2 * n_in]
