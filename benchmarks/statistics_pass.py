@@ -137,11 +137,11 @@ def bench_model(name: str, args) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':<22}{'method':<26}{'seconds':>9}{'x grad':>8}{'x grad cpu':>11}"
+    print(f"{'model':<22}{'method':<26}{'seconds':>10}{'x grad':>9}{'x grad cpu':>11}"
           f"{'GFLOP/s':>9}{'of GEMM':>9}{'GEMM':>7}{'load':>6}")
     for row in rows:
         cpu = f"{row['cpu_ratio']:>11.2f}" if row["cpu_ratio"] != "" else " " * 11
-        print(f"{row['model']:<22}{row['method']:<26}{row['seconds']:>9.3f}{row['ratio']:>8.2f}"
+        print(f"{row['model']:<22}{row['method']:<26}{row['seconds']:>10.3f}{row['ratio']:>9.2f}"
               f"{cpu}{row['gflops_per_s']:>9.1f}{row['gemm_fraction']:>9.2f}"
               f"{row['gemm_gflops_per_s']:>7.0f}{row['load']:>6.1f}")
 
