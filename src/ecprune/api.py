@@ -16,6 +16,7 @@ from .batching import iter_batches
 from .compensation import apply_pruning, select
 from .criteria import CRITERIA, LOSSES, LayerImportance, ScoringContext
 from .layers import add_zero_biases, effective_weight, keep_mask, model_dtype_device, select_layers
+from .sensitivity import ESTIMATORS
 from .statistics import collect_statistics
 
 SCOPES = ("global", "layer")
@@ -37,6 +38,12 @@ class Options:
     shard: under ``torch.distributed``, treat ``data`` as the whole dataset, identical on every
         rank, and stream only this rank's share of it; ``False``: ``data`` is already this
         rank's shard. The sums are all-reduced either way.
+    sensitivity: how ECP gets ``s_i = ||dy/du_i||^2``: ``"exact"`` (one reverse pass per
+        output), ``"hutchinson"`` (unbiased estimate from ``probes`` Rademacher probes per
+        sample, cost independent of the number of outputs) or ``"auto"`` (exact up to
+        ``ecprune.sensitivity.AUTO_EXACT_OUTPUTS`` outputs, or ``probes`` if more, else
+        Hutchinson).
+    probes: probes of the Hutchinson estimate (None: ``ecprune.sensitivity.AUTO_PROBES``).
     """
 
     layers: Iterable[str | nn.Module] | None = None
@@ -48,6 +55,8 @@ class Options:
     add_bias: bool = False
     progress: bool | None = None
     shard: bool = True
+    sensitivity: str = "auto"
+    probes: int | None = None
 
 
 def _options(options: dict, caller: str) -> Options:
@@ -58,6 +67,9 @@ def _options(options: dict, caller: str) -> Options:
     parsed = Options(**options)
     check_positive_int("chunk_size", parsed.chunk_size, caller=caller)
     check_positive_int("nonlinear_samples", parsed.nonlinear_samples, caller=caller)
+    check_choice("sensitivity", parsed.sensitivity, ESTIMATORS, caller=caller)
+    if parsed.probes is not None:
+        check_positive_int("probes", parsed.probes, caller=caller)
     return parsed
 
 
@@ -147,7 +159,9 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
     rank, world_size = distributed.world() if opts.shard else (0, 1)
     batches = iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype,
                            rank=rank, world_size=world_size)
-    request = criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed)
+    request = dataclasses.replace(
+        criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed),
+        estimator=opts.sensitivity, probes=opts.probes)
     stats = collect_statistics(model, layers, batches, request, output_fn=opts.output_fn,
                                progress=opts.progress)
     context = ScoringContext(model=model, layers=layers,

@@ -2,11 +2,12 @@
 
 For each selected layer with input activations ``a`` (B, n_in) and pre-activations ``u``:
 
-- ``s_i(x) = ||dy/du_i||^2``, from batched vector-Jacobian products (one reverse pass per
-  output, run together with ``is_grads_batched``), never per-weight gradients;
+- ``s_i(x) = ||dy/du_i||^2``, exact or a Hutchinson estimate, from reverse passes that carry a
+  block of seeds at once (see :mod:`ecprune.sensitivity`), never per-weight gradients;
 - ``S = sum s`` (n_out,), ``P = sum s (a - c)^T`` and ``Q = sum s ((a - c)^2)^T`` (n_out, n_in),
-  two GEMMs per layer per chunk. ``c`` is the mean input of the first chunk: shifting the data
-  by a constant leaves ``Q - P^2/S`` unchanged but avoids catastrophic cancellation;
+  one GEMM ``s^T [a - c, (a - c)^2]`` per layer per chunk. ``c`` is the mean input of the
+  first chunk: shifting the data by a constant leaves ``Q - P^2/S`` unchanged but avoids
+  catastrophic cancellation;
 - ``sum a`` (the mean-signal shift of the baselines) and, when a loss is given,
   ``sum dL/dW = sum g_u a^T``.
 
@@ -27,10 +28,11 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .batching import Batch
+from .sensitivity import ChainRun, chain_sensitivities, find_chain, resolve_probes, sensitivities
 
 ACCUMULATE_DTYPE = torch.float64
-# Elements of one batched reverse pass (outputs x chunk x summed widths): bounds its memory.
-VJP_ELEMENTS = 2**24
+# Samples per tile of the statistics GEMM: keeps its operands cache-sized.
+STATS_TILE = 512
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,6 +45,8 @@ class StatisticsRequest:
     loss: LossFn | None = None
     samples: int = 0
     seed: int = 0
+    estimator: str = "auto"
+    probes: int | None = None
 
 
 @dataclass
@@ -59,13 +63,20 @@ class LayerStatistics:
 
 @dataclass
 class Statistics:
-    """Everything one pass collected: per-layer sums and model-level totals."""
+    """Everything one pass collected: per-layer sums and model-level totals.
+
+    ``probes``: Hutchinson probes per sample behind the sensitivities (None: exact);
+    ``engine``: ``"chain"`` or ``"autograd"`` (see :mod:`ecprune.sensitivity`), None when no
+    sensitivities were needed.
+    """
 
     layers: dict[str, LayerStatistics]
     count: int = 0
     output_sq_sum: float = 0.0
     samples: torch.Tensor | None = None
     seconds: float = 0.0
+    probes: int | None = None
+    engine: str | None = None
     sample_keys: torch.Tensor | None = field(default=None, repr=False)
 
     def mean_input(self, name: str) -> torch.Tensor:
@@ -153,9 +164,10 @@ class LayerTape:
         return hook
 
 
-def forward(model: nn.Module, inputs: torch.Tensor,
+def forward(model: Callable[[torch.Tensor], object], inputs: torch.Tensor,
             output_fn: Callable[[object], torch.Tensor] | None) -> tuple[object, torch.Tensor]:
-    """Run the model; return its raw output and the sensitivity output flattened to (B, n_out)."""
+    """Run the model (or a :class:`ChainRun` of it); return its raw output and the sensitivity
+    output flattened to (B, n_out)."""
     try:
         raw = model(inputs)
     except (RuntimeError, IndexError) as err:
@@ -177,36 +189,52 @@ def forward(model: nn.Module, inputs: torch.Tensor,
     return raw, output.reshape(output.shape[0], -1)
 
 
-def sensitivities(output: torch.Tensor, pre_activations: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``s(x) = sum_k (dy_k/du)^2`` for every tensor in ``pre_activations``, each (B, n).
+class _SumsWorkspace:
+    """Buffers, reused across chunks, for one layer's statistics GEMM on tiles of at most
+    ``STATS_TILE`` samples (cache-sized; fresh multi-MB buffers would page-fault each chunk).
 
-    One batched reverse pass per block of outputs (``is_grads_batched``); the block size keeps
-    outputs x batch x widths under ``VJP_ELEMENTS``.
+    ``right = [a - c, (a - c)^2, 1]`` (tile, 2 n_in + 1) and ``left = [s, 1]`` (tile, n_out + 1):
+    ``left^T right``, summed over the tiles of a chunk, holds ``P``, ``Q`` and ``S`` in its
+    first ``n_out`` rows and ``sum (a - c)``, ``sum (a - c)^2`` in its last.
     """
-    batch, n_out = output.shape
-    width = sum(u.shape[1] for u in pre_activations)
-    block = max(1, min(n_out, VJP_ELEMENTS // max(1, batch * width)))
-    result = [torch.zeros_like(u, requires_grad=False) for u in pre_activations]
-    for start in range(0, n_out, block):
-        stop = min(n_out, start + block)
-        seeds = torch.zeros(stop - start, batch, n_out, dtype=output.dtype, device=output.device)
-        seeds[torch.arange(stop - start), :, torch.arange(start, stop)] = 1
-        grads = torch.autograd.grad(output, pre_activations, grad_outputs=seeds,
-                                    is_grads_batched=True, retain_graph=stop < n_out,
-                                    allow_unused=True)
-        for total, grad in zip(result, grads, strict=True):
-            if grad is not None:
-                total += grad.square().sum(0)
-    return result
+
+    def __init__(self, a: torch.Tensor, n_out: int):
+        tile, n_in = min(len(a), STATS_TILE), a.shape[1]
+        self.right = a.new_ones(tile, 2 * n_in + 1)
+        self.left = a.new_ones(tile, n_out + 1)
+        self.sums = a.new_empty(n_out + 1, 2 * n_in + 1)
+
+    def add(self, layer: LayerStatistics, s: torch.Tensor, a: torch.Tensor) -> None:
+        """Add one chunk's ``S``, ``P``, ``Q`` and ``sum a`` to ``layer``."""
+        n_in, shift, sums = a.shape[1], layer.input_shift.to(a.dtype), self.sums.zero_()
+        for start in range(0, len(a), len(self.right)):
+            rows = a[start : start + len(self.right)]
+            right, left = self.right[: len(rows)], self.left[: len(rows)]
+            torch.sub(rows, shift, out=right[:, :n_in])
+            torch.square(right[:, :n_in], out=right[:, n_in : 2 * n_in])
+            left[:, :-1] = s[start : start + len(rows)]
+            torch.addmm(sums, left.T, right, out=sums)  # (not addmm_: flop counters skip it)
+        sums = sums.to(ACCUMULATE_DTYPE)  # (n_out + 1, 2 n_in + 1)
+        layer.sens_act += sums[:-1, :n_in]
+        layer.sens_act_sq += sums[:-1, n_in : 2 * n_in]
+        layer.sens_sum += sums[:-1, -1]
+        layer.input_sum += sums[-1, :n_in] + len(a) * layer.input_shift
 
 
 class Accumulator:
-    """Float64 running sums for one pass; ``update`` takes one chunk, ``result`` the totals."""
+    """Float64 running sums for one pass; ``update`` takes one chunk into ``stats``.
 
-    def __init__(self, layers: dict[str, nn.Linear], request: StatisticsRequest):
+    ``run``: the chain forward whose activation slopes the chain engine reuses (None: the
+    autograd engine on the taped pre-activations).
+    """
+
+    def __init__(self, layers: dict[str, nn.Linear], request: StatisticsRequest,
+                 run: ChainRun | None = None):
         self.layers = layers
         self.request = request
+        self.run = run
         self.stats = Statistics(layers={})
+        self._workspaces: dict[str, _SumsWorkspace] = {}
 
     def update(self, tape: LayerTape, batch: Batch, raw: object, output: torch.Tensor) -> None:
         stats, request = self.stats, self.request
@@ -217,24 +245,45 @@ class Accumulator:
             loss_grads = torch.autograd.grad(loss, us, retain_graph=request.sensitivity,
                                              allow_unused=True)
         if request.sensitivity:
-            sens = sensitivities(output, us)
+            sens = self._sensitivities(us, output, batch.start)
         for k, name in enumerate(names):
             a = tape.inputs[name]
             if name not in stats.layers:
                 stats.layers[name] = self._new_layer(name, a.mean(0).to(ACCUMULATE_DTYPE))
             layer = stats.layers[name]
-            layer.input_sum += a.sum(0, dtype=ACCUMULATE_DTYPE)
             if request.sensitivity:
-                s, centred = sens[k], a - layer.input_shift.to(a.dtype)
-                layer.sens_sum += s.sum(0, dtype=ACCUMULATE_DTYPE)
-                layer.sens_act += (s.T @ centred).to(ACCUMULATE_DTYPE)
-                layer.sens_act_sq += (s.T @ centred.square()).to(ACCUMULATE_DTYPE)
+                self._workspace(name, a).add(layer, sens[k], a)
+            else:  # summed in the model's dtype: a float64 cast of the chunk costs 2 forwards
+                layer.input_sum += a.sum(0).to(ACCUMULATE_DTYPE)
             if request.loss is not None and loss_grads[k] is not None:
                 layer.loss_grad += (loss_grads[k].T @ a).to(ACCUMULATE_DTYPE)
         stats.count += len(batch.inputs)
         stats.output_sq_sum += output.detach().square().sum(dtype=ACCUMULATE_DTYPE).item()
         if request.samples:
             self._keep_samples(batch.inputs, batch.start)
+
+    def _workspace(self, name: str, a: torch.Tensor) -> _SumsWorkspace:
+        workspace = self._workspaces.get(name)
+        if workspace is None or len(workspace.right) < min(len(a), STATS_TILE):
+            workspace = _SumsWorkspace(a, self.layers[name].out_features)
+            self._workspaces[name] = workspace
+        return workspace
+
+    def _sensitivities(self, us: list[torch.Tensor], output: torch.Tensor,
+                       start: int) -> list[torch.Tensor]:
+        stats, request = self.stats, self.request
+        if stats.engine is None:  # first chunk: the output size is known now
+            stats.engine = "autograd" if self.run is None else "chain"
+            stats.probes = resolve_probes(request.estimator, request.probes, output.shape[1])
+        generator = None
+        if stats.probes is not None:  # probes from the seed and the chunk's position in the data
+            generator = torch.Generator(device=output.device)
+            generator.manual_seed(int(sample_keys(request.seed, start, 1)[0] * 2**53))
+        options = {"probes": stats.probes, "generator": generator}
+        if self.run is None:
+            return sensitivities(output, us, **options)
+        with torch.no_grad():
+            return chain_sensitivities(self.run, list(self.layers.values()), output, **options)
 
     def _new_layer(self, name: str, shift: torch.Tensor) -> LayerStatistics:
         n_out, n_in = self.layers[name].out_features, shift.shape[0]
@@ -305,8 +354,12 @@ def collect_statistics(
 ) -> Statistics:
     """Stream ``batches`` through ``model`` once (in eval mode) and return the sums."""
     start = time.perf_counter()
-    accumulator = Accumulator(layers, request)
-    needs_graph = request.sensitivity or request.loss is not None
+    chain = None
+    if request.sensitivity and request.loss is None and output_fn is None:
+        chain = find_chain(model, layers)
+    run = None if chain is None else ChainRun(chain)
+    accumulator = Accumulator(layers, request, run)
+    needs_graph = run is None and (request.sensitivity or request.loss is not None)
 
     def stream() -> None:
         with eval_mode(model), LayerTape(layers, differentiable=needs_graph) as tape:
@@ -314,7 +367,7 @@ def collect_statistics(
                               disable=progress_disabled(progress), leave=False):
                 tape.clear()
                 with torch.set_grad_enabled(needs_graph):
-                    raw, output = forward(model, batch.inputs, output_fn)
+                    raw, output = forward(run or model, batch.inputs, output_fn)
                 _check_all_layers_ran(tape, layers)
                 accumulator.update(tape, batch, raw, output)
 
