@@ -7,8 +7,10 @@ For each selected layer with input activations ``a`` (B, n_in) and pre-activatio
 - ``S = sum s`` (n_out,), ``P = sum s (a - c)^T`` and ``Q = sum s ((a - c)^2)^T`` (n_out, n_in),
   two GEMMs per layer per chunk. ``c`` is the mean input of the first chunk: shifting the data
   by a constant leaves ``Q - P^2/S`` unchanged but avoids catastrophic cancellation;
-- ``sum a`` (the mean-signal shift of the baselines) and, when a loss is given,
-  ``sum dL/dW = sum g_u a^T``.
+- ``sum a`` (the mean-signal shift of the baselines), ``sum a^2`` (Wanda's input norms) and,
+  when a loss is given, ``sum dL/dW = sum g_u a^T``;
+- on request, the Gram matrix ``sum [a, 1]^T [a, 1]`` ((n_in + 1)^2, the ones column last) of
+  the layer-wise reconstructions (:mod:`ecprune.sparsegpt`).
 
 Sums are kept in float64 whatever the model's dtype. Memory is O(|W| + chunk x width).
 """
@@ -38,6 +40,7 @@ class StatisticsRequest:
     """What one pass must accumulate."""
 
     sensitivity: bool = False
+    gram: bool = False
     loss: LossFn | None = None
     samples: int = 0
     seed: int = 0
@@ -49,6 +52,8 @@ class LayerStatistics:
 
     input_sum: torch.Tensor
     input_shift: torch.Tensor
+    input_sq_sum: torch.Tensor
+    gram: torch.Tensor | None = None
     sens_sum: torch.Tensor | None = None
     sens_act: torch.Tensor | None = None
     sens_act_sq: torch.Tensor | None = None
@@ -223,6 +228,9 @@ class Accumulator:
                 stats.layers[name] = self._new_layer(name, a)
             layer = stats.layers[name]
             layer.input_sum += a.sum(0, dtype=ACCUMULATE_DTYPE)
+            layer.input_sq_sum += a.square().sum(0, dtype=ACCUMULATE_DTYPE)
+            if request.gram:
+                layer.gram += gram(a)
             if request.sensitivity:
                 s, centred = sens[k], a - layer.input_shift.to(a.dtype)
                 layer.sens_sum += s.sum(0, dtype=ACCUMULATE_DTYPE)
@@ -245,6 +253,8 @@ class Accumulator:
         return LayerStatistics(
             input_sum=zeros(n_in),
             input_shift=a.mean(0).to(ACCUMULATE_DTYPE),
+            input_sq_sum=zeros(n_in),
+            gram=zeros(n_in + 1, n_in + 1) if self.request.gram else None,
             sens_sum=zeros(n_out) if sens else None,
             sens_act=zeros(n_out, n_in) if sens else None,
             sens_act_sq=zeros(n_out, n_in) if sens else None,
@@ -262,6 +272,43 @@ class Accumulator:
         stats.samples, stats.sample_keys = inputs[order].detach(), keys[order]
 
 
+def with_ones(a: torch.Tensor) -> torch.Tensor:
+    """``[a, 1]`` in float64: the layer input with the bias's ones column appended last."""
+    a = a.to(ACCUMULATE_DTYPE)
+    return torch.cat([a, a.new_ones(len(a), 1)], 1)
+
+
+def gram(a: torch.Tensor) -> torch.Tensor:
+    """``[a, 1]^T [a, 1]`` of one chunk, (n_in + 1, n_in + 1) in float64."""
+    extended = with_ones(a)
+    return extended.T @ extended
+
+
+def stream(
+    model: nn.Module,
+    layers: dict[str, nn.Linear],
+    batches: Iterable[Batch],
+    *,
+    differentiable: bool,
+    output_fn: Callable[[object], torch.Tensor] | None = None,
+    progress: bool | None = None,
+    desc: str = "statistics",
+) -> Iterator[tuple[Batch, LayerTape, object, torch.Tensor]]:
+    """Run ``model`` (in eval mode) on each chunk; yield ``(batch, tape, raw, output)``.
+
+    The tape holds that chunk's layer inputs and outputs; ``output`` is the sensitivity output
+    flattened to (B, n_out). With ``differentiable`` the layer outputs stay in the graph.
+    """
+    with eval_mode(model), LayerTape(layers, differentiable=differentiable) as tape:
+        for batch in tqdm(batches, desc=desc, unit="chunk", disable=_disable(progress),
+                          leave=False):
+            tape.clear()
+            with torch.set_grad_enabled(differentiable):
+                raw, output = forward(model, batch.inputs, output_fn)
+            _check_all_layers_ran(tape, layers)
+            yield batch, tape, raw, output
+
+
 def collect_statistics(
     model: nn.Module,
     layers: dict[str, nn.Linear],
@@ -275,14 +322,9 @@ def collect_statistics(
     start = time.perf_counter()
     accumulator = Accumulator(layers, request)
     needs_graph = request.sensitivity or request.loss is not None
-    with eval_mode(model), LayerTape(layers, differentiable=needs_graph) as tape:
-        for batch in tqdm(batches, desc="statistics", unit="chunk", disable=_disable(progress),
-                          leave=False):
-            tape.clear()
-            with torch.set_grad_enabled(needs_graph):
-                raw, output = forward(model, batch.inputs, output_fn)
-            _check_all_layers_ran(tape, layers)
-            accumulator.update(tape, batch, raw, output)
+    for batch, tape, raw, output in stream(model, layers, batches, differentiable=needs_graph,
+                                           output_fn=output_fn, progress=progress):
+        accumulator.update(tape, batch, raw, output)
     stats = accumulator.stats
     if stats.count == 0:
         raise ValueError("The 'data' parameter holds no samples; expected at least one input.")

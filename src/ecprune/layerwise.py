@@ -1,0 +1,79 @@
+"""Pieces shared by the layer-by-layer reconstructions (:mod:`ecprune.refit`,
+:mod:`ecprune.sparsegpt`): the order in which layers run, the Tikhonov damping of a Gram
+matrix, a positive-definite solve, and writing a reconstructed layer back into its masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .batching import Batch
+from .compensation import apply_pruning
+from .layers import keep_mask
+from .statistics import ACCUMULATE_DTYPE, LayerTape, eval_mode, forward
+
+BatchFactory = Callable[[], Iterable[Batch]]
+
+
+def execution_order(model: nn.Module, layers: dict[str, nn.Linear], batches: BatchFactory,
+                    output_fn: Callable[[object], torch.Tensor] | None) -> list[str]:
+    """Names of ``layers`` in the order the forward pass calls them (one input of the data)."""
+    first = next(iter(batches()), None)
+    if first is None:
+        raise ValueError("The 'data' parameter holds no samples; expected at least one input.")
+    with torch.no_grad(), eval_mode(model), LayerTape(layers, differentiable=False) as tape:
+        forward(model, first.inputs[:1], output_fn)
+    return list(tape.inputs)
+
+
+def ridge(gram: torch.Tensor, damping: float) -> torch.Tensor:
+    """``damping * mean(diag G)``: the relative Tikhonov term of SparseGPT (1% there).
+
+    Added to the diagonal it makes the Gram matrix positive definite when inputs are constant
+    or collinear (dead pixels, dead units), at a relative cost of about ``damping`` in the fit.
+    """
+    return damping * gram.diagonal().mean()
+
+
+def damped(gram: torch.Tensor, damping: float) -> torch.Tensor:
+    """``G + ridge(G, damping) * I``."""
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    return gram + ridge(gram, damping) * eye
+
+
+def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``matrix x = rhs`` for a symmetric positive semi-definite ``matrix``.
+
+    Cholesky when it is definite; otherwise (only possible with ``damping=0``) the minimum-norm
+    least-squares solution.
+    """
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, factor)
+    return torch.linalg.pinv(matrix, hermitian=True) @ rhs
+
+
+def write_layer(name: str, layer: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None,
+                keep: torch.Tensor) -> None:
+    """Mask ``~keep`` (``torch.nn.utils.prune`` masks) and store ``weight`` at the kept
+    positions of ``weight_orig`` and ``bias`` in the bias; removed positions keep their
+    original values in ``weight_orig``, as PyTorch's pruning does."""
+    apply_pruning({name: layer}, {name: keep_mask(layer) & ~keep}, {})
+    with torch.no_grad():
+        layer.weight_orig.copy_(torch.where(keep, weight.to(layer.weight_orig.dtype),
+                                            layer.weight_orig))
+        if bias is not None:
+            layer.bias.copy_(bias.to(layer.bias.dtype))
+        layer.weight = layer.weight_orig * layer.weight_mask
+
+
+def augmented_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``[W, b]`` in float64 (the bias as the coefficient of the ones column), or ``W``."""
+    weight = weight.to(ACCUMULATE_DTYPE)
+    if bias is None:
+        return weight
+    return torch.cat([weight, bias.detach().to(ACCUMULATE_DTYPE)[:, None]], 1)
+

@@ -1,0 +1,128 @@
+"""One-shot weight reconstruction after selection: the ``"ecp-refit"`` method.
+
+ECP moves one number per neuron (its bias) to make up for the weights it removes. Once the
+mask is chosen, every row's kept weights can move too. Layer by layer from input to output,
+row ``i`` of layer ``l`` (kept columns ``K_i`` plus the bias's ones column) is refit by
+
+    w_i = argmin_w  sum_x  r_i(x) ([a(x), 1]_K w - u_i(x))^2  +  lambda_i ||w - w0_i||^2,
+
+where ``a`` are the layer's inputs in the network whose upstream layers are already pruned and
+refit, ``u_i`` the **dense** network's pre-activation (so the fit also undoes upstream error),
+``w0_i`` the row after ECP's bias shift and ``lambda_i = damping * mean(diag G_i)`` a ridge
+toward it for ill-conditioned rows (:func:`ecprune.layerwise.ridge`). The weights ``r_i(x)``
+are 1 (``refit_weighting="plain"``) or ECP's output sensitivity ``s_i(x) = ||dy/du_i||^2`` on the
+current network (``"sensitivity"``), which fits what reaches the output.
+
+Statistics are streamed: one pass per layer. Plain: ``G = sum [a,1]^T [a,1]`` and
+``C = sum [a,1]^T u``, memory O(n_in^2 + n_in n_out), every row's system sliced from them.
+Sensitivity-weighted: one Gram per row restricted to its support, memory O(sum_i |K_i|^2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .layers import effective_weight, keep_mask
+from .layerwise import BatchFactory, augmented_weight, execution_order, ridge, solve_spd, write_layer
+from .statistics import (ACCUMULATE_DTYPE, LayerTape, eval_mode, forward, sensitivities,
+                         stream, with_ones)
+
+REFIT_WEIGHTINGS = ("plain", "sensitivity")
+
+
+class RowSystems:
+    """Normal equations ``G_i w = c_i`` of every row's weighted least squares, by chunks.
+
+    ``supports[i]`` are the columns of ``[a, 1]`` row ``i`` may use.
+    """
+
+    def __init__(self, supports: list[torch.Tensor], n_cols: int, *, weighted: bool):
+        self.supports = supports
+        self.weighted = weighted
+        device = supports[0].device
+        zeros = lambda *shape: torch.zeros(*shape, dtype=ACCUMULATE_DTYPE, device=device)  # noqa: E731
+        if weighted:
+            self.grams = [zeros(len(k), len(k)) for k in supports]
+            self.cross = [zeros(len(k)) for k in supports]
+        else:
+            self.gram = zeros(n_cols, n_cols)
+            self.cross_all = zeros(n_cols, len(supports))
+
+    def update(self, extended: torch.Tensor, target: torch.Tensor,
+               weights: torch.Tensor | None) -> None:
+        """Add one chunk: ``extended`` (B, n_cols), ``target`` and ``weights`` (B, n_out)."""
+        if not self.weighted:
+            self.gram += extended.T @ extended
+            self.cross_all += extended.T @ target
+            return
+        for i, support in enumerate(self.supports):
+            columns = extended[:, support]  # (B, |K_i|)
+            scaled = columns * weights[:, i, None]
+            self.grams[i] += scaled.T @ columns
+            self.cross[i] += scaled.T @ target[:, i]
+
+    def system(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G_i, c_i)`` of row ``i`` on its support."""
+        if self.weighted:
+            return self.grams[i], self.cross[i]
+        support = self.supports[i]
+        return self.gram[support][:, support], self.cross_all[support, i]
+
+
+def solve_rows(systems: RowSystems, start: torch.Tensor, damping: float) -> torch.Tensor:
+    """Refit every row; ``start`` is ``[W, b]`` (n_out, n_cols), returned refit (float64)."""
+    result = start.clone()
+    for i, support in enumerate(systems.supports):
+        gram, cross = systems.system(i)
+        lam = ridge(gram, damping)
+        eye = torch.eye(len(support), dtype=gram.dtype, device=gram.device)
+        rhs = cross + lam * start[i, support]
+        result[i, support] = solve_spd(gram + lam * eye, rhs[:, None])[:, 0]
+    return result
+
+
+def _dense_preactivations(reference: nn.Module, name: str, inputs: torch.Tensor,
+                          output_fn: Callable | None) -> torch.Tensor:
+    """Pre-activations of layer ``name`` of the dense ``reference`` on ``inputs`` (float64)."""
+    layer = reference.get_submodule(name)
+    with torch.no_grad(), LayerTape({name: layer}, differentiable=False) as tape:
+        forward(reference, inputs, output_fn)
+    return tape.outputs[name].to(ACCUMULATE_DTYPE)
+
+
+def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Linear,
+                batches: BatchFactory, *, weighting: str, damping: float,
+                output_fn: Callable | None = None, progress: bool | None = None) -> None:
+    """Refit the kept weights and the bias of one (already masked) layer in place."""
+    keep = keep_mask(layer)
+    has_bias = layer.bias is not None
+    columns = torch.cat([keep, keep.new_full((len(keep), 1), has_bias)], 1)
+    supports = [torch.nonzero(row).squeeze(1) for row in columns]
+    weighted = weighting == "sensitivity"
+    systems = RowSystems(supports, columns.shape[1], weighted=weighted)
+    with eval_mode(reference):
+        for batch, tape, _, output in stream(model, {name: layer}, batches(),
+                                             differentiable=weighted, output_fn=output_fn,
+                                             progress=progress, desc=f"refit {name}"):
+            target = _dense_preactivations(reference, name, batch.inputs, output_fn)
+            weights = None
+            if weighted:
+                weights = sensitivities(output, [tape.outputs[name]])[0].to(ACCUMULATE_DTYPE)
+            systems.update(with_ones(tape.inputs[name]), target, weights)
+    start = augmented_weight(effective_weight(layer), layer.bias if has_bias else None)
+    if not has_bias:
+        start = torch.cat([start, start.new_zeros(len(start), 1)], 1)
+    refit = solve_rows(systems, start, damping)
+    write_layer(name, layer, refit[:, :-1], refit[:, -1] if has_bias else None, keep)
+
+
+def refit_layers(model: nn.Module, reference: nn.Module, layers: dict[str, nn.Linear],
+                 batches: BatchFactory, *, weighting: str = "plain", damping: float = 0.01,
+                 output_fn: Callable | None = None, progress: bool | None = None) -> None:
+    """Refit every layer of ``layers``, from input to output, toward the dense ``reference``."""
+    for name in execution_order(model, layers, batches, output_fn):
+        refit_layer(model, reference, name, layers[name], batches, weighting=weighting,
+                    damping=damping, output_fn=output_fn, progress=progress)
