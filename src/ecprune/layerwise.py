@@ -16,6 +16,9 @@ from .layers import keep_mask
 from .statistics import ACCUMULATE_DTYPE, LayerTape, eval_mode, forward
 
 BatchFactory = Callable[[], Iterable[Batch]]
+# Eigenvalues of a Gram matrix below this fraction of the largest count as zero: singular values
+# of the data below 1e-6 of the largest, well above float64 rounding of the normal equations.
+RANK_RTOL = 1e-12
 
 
 def execution_order(model: nn.Module, layers: dict[str, nn.Linear], batches: BatchFactory,
@@ -44,16 +47,17 @@ def damped(gram: torch.Tensor, damping: float) -> torch.Tensor:
     return gram + ridge(gram, damping) * eye
 
 
-def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor, *, definite: bool) -> torch.Tensor:
     """Solve ``matrix x = rhs`` for a symmetric positive semi-definite ``matrix``.
 
-    Cholesky when it is definite; otherwise (only possible with ``damping=0``) the minimum-norm
-    least-squares solution.
+    ``definite`` (a ridge was added): Cholesky. Otherwise the minimum-norm least-squares
+    solution, dropping eigenvalues below ``RANK_RTOL`` times the largest: a constant input
+    (e.g. a fully pruned upstream unit) is collinear with the ones column, and Cholesky may then
+    "succeed" on rounding noise and return huge cancelling coefficients.
     """
-    factor, info = torch.linalg.cholesky_ex(matrix)
-    if int(info) == 0:
-        return torch.cholesky_solve(rhs, factor)
-    return torch.linalg.pinv(matrix, hermitian=True) @ rhs
+    if definite:
+        return torch.cholesky_solve(rhs, torch.linalg.cholesky(matrix))
+    return torch.linalg.pinv(matrix, hermitian=True, rtol=RANK_RTOL) @ rhs
 
 
 def write_layer(name: str, layer: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None,

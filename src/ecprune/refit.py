@@ -26,9 +26,23 @@ import torch
 from torch import nn
 
 from .layers import effective_weight, keep_mask
-from .layerwise import BatchFactory, augmented_weight, execution_order, ridge, solve_spd, write_layer
-from .statistics import (ACCUMULATE_DTYPE, LayerTape, eval_mode, forward, sensitivities,
-                         stream, with_ones)
+from .layerwise import (
+    BatchFactory,
+    augmented_weight,
+    execution_order,
+    ridge,
+    solve_spd,
+    write_layer,
+)
+from .statistics import (
+    ACCUMULATE_DTYPE,
+    LayerTape,
+    eval_mode,
+    forward,
+    sensitivities,
+    stream,
+    with_ones,
+)
 
 REFIT_WEIGHTINGS = ("plain", "sensitivity")
 
@@ -73,14 +87,19 @@ class RowSystems:
 
 
 def solve_rows(systems: RowSystems, start: torch.Tensor, damping: float) -> torch.Tensor:
-    """Refit every row; ``start`` is ``[W, b]`` (n_out, n_cols), returned refit (float64)."""
+    """Refit every row; ``start`` is ``[W, b]`` (n_out, n_cols), returned refit (float64).
+
+    A row whose Gram matrix is zero (its inputs and weights r_i(x) vanish) keeps its start.
+    """
     result = start.clone()
     for i, support in enumerate(systems.supports):
         gram, cross = systems.system(i)
+        if not gram.diagonal().any():
+            continue  # the row never matters (e.g. s_i = 0 everywhere): any row fits, keep it
         lam = ridge(gram, damping)
         eye = torch.eye(len(support), dtype=gram.dtype, device=gram.device)
         rhs = cross + lam * start[i, support]
-        result[i, support] = solve_spd(gram + lam * eye, rhs[:, None])[:, 0]
+        result[i, support] = solve_spd(gram + lam * eye, rhs[:, None], definite=damping > 0)[:, 0]
     return result
 
 
