@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +15,7 @@ from .batching import check_reiterable, iter_batches
 from .compensation import apply_pruning, preserved, select
 from .criteria import CRITERIA, LOSSES, LayerImportance, ScoringContext
 from .layers import add_zero_biases, effective_weight, keep_mask, model_dtype_device, select_layers
+from .layerwise import detached_copy
 from .refit import REFIT_WEIGHTINGS, refit_layers
 from .sparsegpt import sparsegpt_layers
 from .statistics import collect_statistics
@@ -290,8 +290,12 @@ def _one_shot(model, data, sparsity, method, scope, options, reference) -> Prune
 
 def _refit(model, data, sparsity, method, scope, options, reference) -> PruneReport:
     """ECP's selection and shifts, then the layer-wise least-squares refit."""
+    layers = select_layers(model, options.get("layers"))
+    removed = _removed(layers)
     report = _one_shot(model, data, sparsity, method, scope, options, None)
     start, opts = time.perf_counter(), _options(options, "prune")
+    if _removed(layers) == removed:
+        return report  # nothing new removed: the model is left as it is
     refit_layers(model, reference, select_layers(model, list(report.layers)),
                  _batches(model, data, opts), weighting=opts.refit_weighting,
                  damping=opts.damping, output_fn=opts.output_fn, progress=opts.progress)
@@ -308,10 +312,16 @@ def _sparsegpt(model, data, sparsity, method, scope, options, reference) -> Prun
               for name in layers}
     if opts.add_bias:
         add_zero_biases(layers)
+    if not any(selection.newly_pruned[name].any() for name in layers):
+        return _report(scores, layers, selection, scope, sparsity, start)
     sparsegpt_layers(model, layers, counts, _batches(model, data, opts), damping=opts.damping,
                      block_size=opts.block_size, output_fn=opts.output_fn,
                      progress=opts.progress)
     return _report(scores, layers, selection, scope, sparsity, start)
+
+
+def _removed(layers: dict[str, nn.Linear]) -> int:
+    return sum(int((~keep_mask(layer)).sum()) for layer in layers.values())
 
 
 PRUNE_STEPS = {"ecp-refit": _refit, "sparsegpt": _sparsegpt}
@@ -382,9 +392,8 @@ def prune(model: nn.Module, data: object, sparsity: float, method: str = "ecp",
     if steps > 1 or step is not _one_shot:
         check_reiterable(data, f"method={method!r} with steps={steps}")
     layers = select_layers(model, opts.layers)
-    reference = copy.deepcopy(model) if step is _refit else None
-    removed = sum(int((~keep_mask(layer)).sum()) for layer in layers.values())
-    start = removed / sum(layer.weight.numel() for layer in layers.values())
+    reference = detached_copy(model) if step is _refit else None
+    start = _removed(layers) / sum(layer.weight.numel() for layer in layers.values())
     with preserved(layers):
         reports = [step(model, data, target, method, scope, options, reference)
                    for target in step_sparsities(start, sparsity, steps)]

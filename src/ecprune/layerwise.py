@@ -5,6 +5,7 @@ matrix, a positive-definite solve, and writing a reconstructed layer back into i
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 
 import torch
@@ -30,6 +31,14 @@ def execution_order(model: nn.Module, layers: dict[str, nn.Linear], batches: Bat
     with torch.no_grad(), eval_mode(model), LayerTape(layers, differentiable=False) as tape:
         forward(model, first.inputs[:1], output_fn)
     return list(tape.inputs)
+
+
+def detached_copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` that also works after a forward with gradients through pruned
+    layers, whose ``weight`` is then a non-leaf tensor that deepcopy refuses."""
+    memo = {id(module.weight): module.weight.detach().clone() for module in model.modules()
+            if hasattr(module, "weight_orig") and isinstance(module.weight, torch.Tensor)}
+    return copy.deepcopy(model, memo)
 
 
 def ridge(gram: torch.Tensor, damping: float) -> torch.Tensor:

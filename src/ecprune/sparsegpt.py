@@ -50,12 +50,22 @@ def _layer_hessian(gram: torch.Tensor, has_bias: bool, damping: float) -> torch.
     return damped(gram, damping)
 
 
+def _cholesky(matrix: torch.Tensor) -> torch.Tensor:
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) != 0:
+        raise ValueError(
+            "The layer's input Gram matrix is singular (a constant or duplicated input), so the "
+            "OBS updates are undefined. Pass 'damping' > 0 (SparseGPT uses 0.01)."
+        )
+    return factor
+
+
 def obs_saliency(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Tensor,
                  damping: float) -> torch.Tensor:
     """OBS cost ``w_ij^2 / [H^-1]_jj`` of removing each weight alone, all other coordinates of
     its row (bias included) updated; ``H`` as in the module docstring, from ``gram``'s mean."""
     count = gram[-1, -1]  # the ones column's square: the number of samples
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(
+    inverse = torch.cholesky_inverse(_cholesky(
         _layer_hessian(gram / count, bias is not None, damping)))
     n_in = weight.shape[1]
     return weight.to(ACCUMULATE_DTYPE).square() / inverse.diagonal()[None, :n_in]
@@ -80,8 +90,7 @@ def sparsegpt_rows(weight: torch.Tensor, present: torch.Tensor, prunable: torch.
     rows (float64, removed entries exactly 0) and the removal mask (n_out, n)."""
     rows = weight.to(ACCUMULATE_DTYPE).clone()
     n = rows.shape[1]
-    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)),
-                                  upper=True)
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(_cholesky(hessian)), upper=True)
     bounds = [(a, min(a + block_size, n)) for a in range(0, n, block_size)]
     removed = torch.zeros_like(present)
     for (a, b), quota in zip(bounds, block_quotas(present, prunable, count, bounds), strict=True):
