@@ -11,22 +11,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 import ecprune
-from conftest import bias_jacobians, mlp
+from conftest import bias_jacobians, layer_io, mlp
 
 LINEARS = ("0", "2", "4")
 
 
 def trace(model, x):
     """Inputs and outputs of every Linear of ``model`` on ``x``, by hooks (no ecprune)."""
-    inputs, outputs, handles = {}, {}, []
-    for name in LINEARS:
-        def hook(module, args, out, name=name):
-            inputs[name], outputs[name] = args[0].detach(), out.detach()
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
-    model(x)
-    for handle in handles:
-        handle.remove()
-    return inputs, outputs
+    seen = {name: layer_io(model, name, x) for name in LINEARS}
+    return {n: v[0] for n, v in seen.items()}, {n: v[1] for n, v in seen.items()}
 
 
 def with_ones(a):
@@ -133,21 +126,11 @@ def test_refit_pre_activation_error_never_exceeds_ecp_shift_alone(widths, sparsi
     shifted = ecp_shifted(dense, pruned, x)
     for k in range(0, len(dense), 2):
         name = str(k)
-        target, inputs = trace_one(dense, name, x)[1], trace_one(pruned, name, x)[0]
+        target, inputs = layer_io(dense, name, x)[1], layer_io(pruned, name, x)[0]
         refit, shift = pruned.get_submodule(name), shifted.get_submodule(name)
         refit_error = (inputs @ refit.weight.T + refit.bias - target).square().sum(0)
         shift_error = (inputs @ shift.weight.T + shift.bias - target).square().sum(0)
         assert (refit_error <= shift_error * (1 + 1e-9) + 1e-12).all()
-
-
-def trace_one(model, name, x):
-    """(input, output) of layer ``name`` on ``x``."""
-    seen = []
-    handle = model.get_submodule(name).register_forward_hook(
-        lambda m, args, out: seen.append((args[0].detach(), out.detach())))
-    model(x)
-    handle.remove()
-    return seen[0]
 
 
 def test_refit_streaming_in_chunks_equals_one_chunk(net_and_data):

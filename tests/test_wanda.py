@@ -9,15 +9,8 @@ import torch
 from torch import nn
 
 import ecprune
+from conftest import layer_inputs
 from ecprune.compensation import layer_counts
-
-
-def layer_inputs(model, name, x):
-    seen = []
-    handle = model.get_submodule(name).register_forward_hook(lambda m, args, out: seen.append(args[0]))
-    model(x)
-    handle.remove()
-    return seen[0].detach()
 
 
 def test_wanda_score_is_weight_magnitude_times_input_norm(tiny):
