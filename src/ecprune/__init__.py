@@ -7,6 +7,7 @@
 (56, 112)
 """
 
+from . import distributed
 from .api import (
     Importances,
     LayerReport,
@@ -30,6 +31,7 @@ __all__ = [
     "Options",
     "PruneReport",
     "__version__",
+    "distributed",
     "importance",
     "prune",
     "prune_by_importance",

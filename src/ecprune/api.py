@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import distributed
 from ._validation import check_choice, check_nonnegative, check_positive_int, check_sparsity
 from .batching import check_reiterable, iter_batches
 from .compensation import apply_pruning, preserved, select
@@ -35,7 +36,10 @@ class Options:
     seed: seeds ``"random"`` and the subsample of ``"nonlinear"``.
     nonlinear_samples: size of the subsample over which ``"nonlinear"`` takes its expectation.
     add_bias: give bias-free layers a zero bias so they can be compensated (else an error).
-    progress: tqdm bars (None: only on a terminal).
+    progress: tqdm bars (None: only on a terminal; never on ranks other than 0).
+    shard: under ``torch.distributed``, treat ``data`` as the whole dataset, identical on every
+        rank, and stream only this rank's share of it; ``False``: ``data`` is already this
+        rank's shard. The sums are all-reduced either way.
     damping: ``"ecp-refit"`` and ``"sparsegpt"``: relative Tikhonov term, ``damping * mean(diag
         G)`` added to the diagonal of each Gram matrix ``G`` (:func:`ecprune.layerwise.ridge`).
     block_size: ``"sparsegpt"``: columns per block of its mask selection and lazy updates.
@@ -51,6 +55,7 @@ class Options:
     nonlinear_samples: int = 1024
     add_bias: bool = False
     progress: bool | None = None
+    shard: bool = True
     damping: float = 0.01
     block_size: int = 128
     refit_weighting: str = "plain"
@@ -120,6 +125,14 @@ def _check_biases(layers: dict[str, nn.Linear], method: str, add_bias: bool) -> 
         )
 
 
+def _batches(model: nn.Module, data: object, opts: Options):
+    """A factory of fresh chunk streams over (this rank's share of) ``data``, one per pass."""
+    dtype, device = model_dtype_device(model)
+    rank, world_size = distributed.world() if opts.shard else (0, 1)
+    return lambda: iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype,
+                                rank=rank, world_size=world_size)
+
+
 def importance(model: nn.Module, data: object, method: str = "ecp", **options) -> Importances:
     """Score every weight of the selected ``nn.Linear`` layers of ``model``.
 
@@ -152,8 +165,7 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
     if criterion.compensates:
         _check_biases(layers, method, opts.add_bias)
     loss = _require_targets(_resolve_loss(opts.loss)) if criterion.needs_targets else None
-    dtype, device = model_dtype_device(model)
-    batches = iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype)
+    batches = _batches(model, data, opts)()
     request = criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed)
     stats = collect_statistics(model, layers, batches, request, output_fn=opts.output_fn,
                                progress=opts.progress)
@@ -272,12 +284,6 @@ def prune_by_importance(model: nn.Module, importances: Importances, sparsity: fl
             layers[name].bias = None
         raise
     return _report(importances, layers, selection, scope, sparsity, start)
-
-
-def _batches(model: nn.Module, data: object, opts: Options):
-    """A factory of fresh chunk streams over ``data``, one per pass."""
-    dtype, device = model_dtype_device(model)
-    return lambda: iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype)
 
 
 def _one_shot(model, data, sparsity, method, scope, options, reference) -> PruneReport:

@@ -13,15 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One chunk of data on the model's device: ``inputs`` (B, ...) and optional ``targets``."""
+    """One chunk of data on the model's device: ``inputs`` (B, ...), optional ``targets``, and
+    ``start``, the position of its first sample in the whole (unsharded) data."""
 
     inputs: torch.Tensor
     targets: torch.Tensor | None
+    start: int = 0
 
 
 def _as_tensor(value: object, what: str) -> torch.Tensor:
@@ -34,33 +36,65 @@ def _as_tensor(value: object, what: str) -> torch.Tensor:
     )
 
 
-def _raw_batches(data: object, chunk_size: int) -> Iterator[tuple[object, object]]:
-    """Yield ``(inputs, targets_or_None)`` pairs in the user's own types."""
-    if isinstance(data, torch.Tensor | np.ndarray):
-        yield data, None
-        return
+def _raw_batches(data: object, chunk_size: int, rank: int,
+                 world_size: int) -> Iterator[tuple[int, object, object]]:
+    """Yield ``(start, inputs, targets_or_None)`` of this rank's share, in the user's types.
+
+    Arrays and datasets are split into contiguous blocks, one per rank; other iterables are
+    dealt out batch by batch (batch ``k`` goes to rank ``k % world_size``).
+    """
     if isinstance(data, TensorDataset):
-        tensors = data.tensors
-        yield tensors[0], tensors[1] if len(tensors) > 1 else None
+        inputs, *rest = data.tensors
+        lo, hi = shard_range(len(inputs), rank, world_size)
+        yield lo, inputs[lo:hi], rest[0][lo:hi] if rest else None
+        return
+    if isinstance(data, torch.Tensor | np.ndarray):
+        if data.ndim == 0:
+            yield 0, data, None
+            return
+        lo, hi = shard_range(len(data), rank, world_size)
+        yield lo, data[lo:hi], None
         return
     if isinstance(data, Dataset) and not isinstance(data, Iterable):
-        data = DataLoader(data, batch_size=chunk_size)
+        lo, hi = shard_range(len(data), rank, world_size)
+        data = DataLoader(Subset(data, range(lo, hi)), batch_size=chunk_size)
+        rank, world_size, offset = 0, 1, lo
+    else:
+        offset = 0
     if isinstance(data, str | bytes | dict) or not isinstance(data, Iterable):
         raise TypeError(
             "The 'data' parameter must be a tensor of inputs, a Dataset, a DataLoader or an "
             "iterable of batches (inputs or (inputs, targets)). "
             f"Got {type(data).__name__} instead."
         )
-    for item in data:
-        if isinstance(item, tuple | list):
-            if not 1 <= len(item) <= 2:
-                raise ValueError(
-                    "Each batch must be inputs, (inputs,) or (inputs, targets). "
-                    f"Got a {type(item).__name__} of length {len(item)} instead."
-                )
-            yield item[0], item[1] if len(item) == 2 else None
-        else:
-            yield item, None
+    start = offset
+    for position, item in enumerate(data):
+        inputs, targets = _split_batch(item)
+        if position % world_size == rank:
+            yield start, inputs, targets
+        start += len(inputs) if hasattr(inputs, "__len__") else 1
+
+
+def _split_batch(item: object) -> tuple[object, object]:
+    if isinstance(item, tuple | list):
+        if not 1 <= len(item) <= 2:
+            raise ValueError(
+                "Each batch must be inputs, (inputs,) or (inputs, targets). "
+                f"Got a {type(item).__name__} of length {len(item)} instead."
+            )
+        return item[0], item[1] if len(item) == 2 else None
+    return item, None
+
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous block ``[lo, hi)`` of ``n`` items for ``rank``; sizes differ by at most one.
+
+    >>> [shard_range(10, r, 3) for r in range(3)]
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
 
 
 def _check_finite(tensor: torch.Tensor, what: str, position: int) -> None:
@@ -88,14 +122,17 @@ def iter_batches(
     chunk_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[Batch]:
     """Stream ``data`` as :class:`Batch` chunks of at most ``chunk_size`` samples.
 
     Inputs are cast to the model's ``dtype`` and moved to its ``device``; targets keep their
-    dtype. Raises ``ValueError`` on NaN/inf values, mismatched input/target lengths or
-    scalar batches.
+    dtype. With ``world_size > 1`` only this ``rank``'s share is streamed. Raises
+    ``ValueError`` on NaN/inf values, mismatched input/target lengths or scalar batches.
     """
-    for position, (raw_inputs, raw_targets) in enumerate(_raw_batches(data, chunk_size)):
+    batches = _raw_batches(data, chunk_size, rank, world_size)
+    for position, (first, raw_inputs, raw_targets) in enumerate(batches):
         inputs = _as_tensor(raw_inputs, "batch of inputs")
         targets = None if raw_targets is None else _as_tensor(raw_targets, "batch of targets")
         if inputs.ndim == 0:
@@ -115,4 +152,4 @@ def iter_batches(
             chunk_targets = None
             if targets is not None:
                 chunk_targets = targets[start : start + chunk_size].to(device=device)
-            yield Batch(chunk, chunk_targets)
+            yield Batch(chunk, chunk_targets, first + start)

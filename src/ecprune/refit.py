@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from . import distributed
 from .layers import effective_weight, keep_mask
 from .layerwise import (
     BatchFactory,
@@ -78,6 +79,14 @@ class RowSystems:
             self.grams[i] += scaled.T @ columns
             self.cross[i] += scaled.T @ target[:, i]
 
+    def all_reduce(self) -> None:
+        """Sum the systems over ranks (under ``torch.distributed``)."""
+        tensors = [*self.grams, *self.cross] if self.weighted else [self.gram, self.cross_all]
+        flat = distributed.all_reduce_sum(torch.cat([t.reshape(-1) for t in tensors]))
+        for tensor in tensors:
+            tensor.copy_(flat[: tensor.numel()].reshape(tensor.shape))
+            flat = flat[tensor.numel() :]
+
     def system(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(G_i, c_i)`` of row ``i`` on its support."""
         if self.weighted:
@@ -122,15 +131,22 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
     supports = [torch.nonzero(row).squeeze(1) for row in columns]
     weighted = weighting == "sensitivity"
     systems = RowSystems(supports, columns.shape[1], weighted=weighted)
-    with eval_mode(reference):
-        for batch, tape, _, output in stream(model, {name: layer}, batches(),
-                                             differentiable=weighted, output_fn=output_fn,
-                                             progress=progress, desc=f"refit {name}"):
-            target = _dense_preactivations(reference, name, batch.inputs, output_fn)
-            weights = None
-            if weighted:
-                weights = sensitivities(output, [tape.outputs[name]])[0].to(ACCUMULATE_DTYPE)
-            systems.update(with_ones(tape.inputs[name]), target, weights)
+
+    def accumulate() -> None:
+        with eval_mode(reference):
+            for batch, tape, _, output in stream(model, {name: layer}, batches(),
+                                                 differentiable=weighted, output_fn=output_fn,
+                                                 progress=progress, desc=f"refit {name}"):
+                target = _dense_preactivations(reference, name, batch.inputs, output_fn)
+                weights = None
+                if weighted:
+                    weights = sensitivities(output, [tape.outputs[name]])[0]
+                    weights = weights.to(ACCUMULATE_DTYPE)
+                systems.update(with_ones(tape.inputs[name]), target, weights)
+
+    distributed.run_on_every_rank(accumulate)
+    if distributed.is_distributed():
+        systems.all_reduce()
     start = augmented_weight(effective_weight(layer), layer.bias if has_bias else None)
     if not has_bias:
         start = torch.cat([start, start.new_zeros(len(start), 1)], 1)

@@ -22,10 +22,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .batching import Batch
 
 ACCUMULATE_DTYPE = torch.float64
@@ -210,7 +212,6 @@ class Accumulator:
         self.layers = layers
         self.request = request
         self.stats = Statistics(layers={})
-        self._generator = torch.Generator().manual_seed(request.seed)
 
     def update(self, tape: LayerTape, batch: Batch, raw: object, output: torch.Tensor) -> None:
         stats, request = self.stats, self.request
@@ -225,7 +226,7 @@ class Accumulator:
         for k, name in enumerate(names):
             a = tape.inputs[name]
             if name not in stats.layers:
-                stats.layers[name] = self._new_layer(name, a)
+                stats.layers[name] = self._new_layer(name, a.mean(0).to(ACCUMULATE_DTYPE))
             layer = stats.layers[name]
             layer.input_sum += a.sum(0, dtype=ACCUMULATE_DTYPE)
             layer.input_sq_sum += a.square().sum(0, dtype=ACCUMULATE_DTYPE)
@@ -241,18 +242,18 @@ class Accumulator:
         stats.count += len(batch.inputs)
         stats.output_sq_sum += output.detach().square().sum(dtype=ACCUMULATE_DTYPE).item()
         if request.samples:
-            self._keep_samples(batch.inputs)
+            self._keep_samples(batch.inputs, batch.start)
 
-    def _new_layer(self, name: str, a: torch.Tensor) -> LayerStatistics:
-        n_out, n_in = self.layers[name].out_features, a.shape[1]
+    def _new_layer(self, name: str, shift: torch.Tensor) -> LayerStatistics:
+        n_out, n_in = self.layers[name].out_features, shift.shape[0]
 
         def zeros(*shape: int) -> torch.Tensor:
-            return torch.zeros(*shape, dtype=ACCUMULATE_DTYPE, device=a.device)
+            return torch.zeros(*shape, dtype=ACCUMULATE_DTYPE, device=shift.device)
 
         sens = self.request.sensitivity
         return LayerStatistics(
             input_sum=zeros(n_in),
-            input_shift=a.mean(0).to(ACCUMULATE_DTYPE),
+            input_shift=shift,
             input_sq_sum=zeros(n_in),
             gram=zeros(n_in + 1, n_in + 1) if self.request.gram else None,
             sens_sum=zeros(n_out) if sens else None,
@@ -261,15 +262,46 @@ class Accumulator:
             loss_grad=zeros(n_out, n_in) if self.request.loss is not None else None,
         )
 
-    def _keep_samples(self, inputs: torch.Tensor) -> None:
-        """Uniform subsample without replacement: keep the inputs with the smallest random keys."""
-        keys = torch.rand(len(inputs), generator=self._generator).to(inputs.device)
+    def _keep_samples(self, inputs: torch.Tensor, start: int) -> None:
+        """Uniform subsample without replacement: keep the inputs with the smallest keys, where
+        a sample's key depends only on the seed and its position in the data (so sharding the
+        data across ranks keeps the same subsample)."""
+        keys = sample_keys(self.request.seed, start, len(inputs)).to(inputs.device)
         stats = self.stats
         if stats.samples is not None:
             inputs = torch.cat([stats.samples, inputs])
             keys = torch.cat([stats.sample_keys, keys])
         order = torch.argsort(keys, stable=True)[: self.request.samples]
         stats.samples, stats.sample_keys = inputs[order].detach(), keys[order]
+
+    def finish(self) -> Statistics:
+        """The totals, summed over ranks when distributed; layers that saw no data are zero."""
+        stats = self.stats
+        for name, layer in self.layers.items():
+            if name not in stats.layers:
+                shift = torch.zeros(layer.in_features, dtype=ACCUMULATE_DTYPE,
+                                    device=layer.weight.device)
+                stats.layers[name] = self._new_layer(name, shift)
+        if distributed.is_distributed():
+            distributed.all_reduce_statistics(stats, self.request.samples)
+        stats.sample_keys = None
+        return stats
+
+
+def sample_keys(seed: int, start: int, count: int) -> torch.Tensor:
+    """Uniform [0, 1) keys for the samples at positions ``start .. start + count - 1``.
+
+    SplitMix64 of (seed, position): a fixed function of the position, not of the order in
+    which samples arrive.
+    """
+    z = np.arange(start, start + count, dtype=np.uint64)
+    z += np.full(1, seed, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / 2.0**53)
 
 
 def with_ones(a: torch.Tensor) -> torch.Tensor:
@@ -322,14 +354,18 @@ def collect_statistics(
     start = time.perf_counter()
     accumulator = Accumulator(layers, request)
     needs_graph = request.sensitivity or request.loss is not None
-    for batch, tape, raw, output in stream(model, layers, batches, differentiable=needs_graph,
-                                           output_fn=output_fn, progress=progress):
-        accumulator.update(tape, batch, raw, output)
-    stats = accumulator.stats
+
+    def run() -> None:
+        for batch, tape, raw, output in stream(model, layers, batches,
+                                               differentiable=needs_graph,
+                                               output_fn=output_fn, progress=progress):
+            accumulator.update(tape, batch, raw, output)
+
+    distributed.run_on_every_rank(run)
+    stats = accumulator.finish()
     if stats.count == 0:
         raise ValueError("The 'data' parameter holds no samples; expected at least one input.")
     stats.seconds = time.perf_counter() - start
-    stats.sample_keys = None
     return stats
 
 
@@ -343,5 +379,7 @@ def _check_all_layers_ran(tape: LayerTape, layers: dict[str, nn.Linear]) -> None
 
 
 def _disable(progress: bool | None) -> bool | None:
-    """tqdm's ``disable``: None shows a bar only on a terminal."""
+    """tqdm's ``disable``: None shows a bar only on a terminal, and only on rank 0."""
+    if not distributed.is_main_process():
+        return True
     return None if progress is None else not progress

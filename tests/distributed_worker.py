@@ -1,0 +1,66 @@
+"""One rank of the multi-process tests in test_distributed.py (run as a script, not a test).
+
+Usage: python distributed_worker.py RANK WORLD_SIZE PORT OUT_DIR SCENARIO
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+import ecprune
+
+
+def problem(scenario: str):
+    """The same model and full data on every rank (and in the single-process reference)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.PReLU(), torch.nn.Linear(7, 6),
+                                torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(41, 5, dtype=torch.float64, generator=generator) + 3.0
+    y = torch.randint(0, 3, (41,), generator=generator)
+    if scenario == "fail":
+        x[30, 2] = float("nan")  # lands in rank 1's shard only
+    data = torch.utils.data.TensorDataset(x, y)
+    if scenario == "iterable":
+        data = list(zip(x.split(4), y.split(4), strict=True))
+    return model, data
+
+
+def results(model, data):
+    """Scores, shifts and pruned parameters of every method."""
+    out = {}
+    for method in ecprune.METHODS:
+        scores = ecprune.importance(model, data, method, chunk_size=4, nonlinear_samples=16)
+        out[method] = {name: (r.score, r.bias_shift) for name, r in scores.items()}
+    clone = copy.deepcopy(model)
+    ecprune.prune(clone, data, 0.6, chunk_size=4)
+    out["pruned"] = {k: v.clone() for k, v in clone.state_dict().items()}
+    return out
+
+
+def main() -> None:
+    rank, world_size, port, out_dir, scenario = sys.argv[1:]
+    rank, world_size = int(rank), int(world_size)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=20))
+    model, data = problem(scenario)
+    if scenario == "die" and rank == 1:
+        os._exit(3)
+    try:
+        torch.save(results(model, data), os.path.join(out_dir, f"rank{rank}.pt"))
+    except Exception as err:
+        print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if scenario != "die":
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
