@@ -172,3 +172,12 @@ def test_refit_keeps_masks_parameters_and_exact_count(net_and_data):
         removed = layer.weight_mask == 0
         assert torch.equal(layer.weight_orig[removed], originals[name][removed])
         assert not torch.equal(layer.weight_orig[~removed], originals[name][~removed])
+
+
+def test_refit_of_a_bias_free_model_needs_add_bias(net_and_data):
+    _, x = net_and_data
+    model = torch.nn.Sequential(nn.Linear(4, 5, bias=False), nn.Tanh(), nn.Linear(5, 2)).double()
+    with pytest.raises(ValueError, match=r"layers \['0'\] have no bias.*add_bias=True"):
+        ecprune.prune(model, x, 0.5, method="ecp-refit")
+    report = ecprune.prune(model, x, 0.5, method="ecp-refit", add_bias=True)
+    assert model[0].bias is not None and report.total - report.kept == round(0.5 * report.total)

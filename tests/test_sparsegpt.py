@@ -135,3 +135,18 @@ def test_sparsegpt_with_zero_damping_and_a_dead_input_asks_for_damping():
     x[:, 1] = 0
     with pytest.raises(ValueError, match=r"singular.*'damping' > 0"):
         ecprune.prune(layer, x, 0.5, method="sparsegpt", damping=0.0)
+
+
+def test_without_a_bias_the_update_uses_the_inputs_alone():
+    layer, x = layer_and_data()
+    layer = nn.Linear(4, 3, bias=False).double()
+    with torch.no_grad():
+        layer.weight[2, 0] = 1e-4
+    before = layer.weight.detach().clone()
+    ecprune.prune(layer, x, 1 / 12, method="sparsegpt")
+    assert layer.bias is None and layer.weight_mask[2, 0] == 0
+    h = x.T @ x / len(x)
+    inverse = torch.linalg.inv(h + 0.01 * h.diagonal().mean() * torch.eye(4, dtype=x.dtype))
+    expected = before.clone()
+    expected[2] -= before[2, 0] / inverse[0, 0] * inverse[:, 0]
+    torch.testing.assert_close(layer.weight, expected, rtol=1e-9, atol=1e-12)

@@ -147,10 +147,9 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
     distributed.run_on_every_rank(accumulate)
     if distributed.is_distributed():
         systems.all_reduce()
-    start = augmented_weight(effective_weight(layer), layer.bias if has_bias else None)
-    if not has_bias:
-        start = torch.cat([start, start.new_zeros(len(start), 1)], 1)
-    refit = solve_rows(systems, start, damping)
+    weight = effective_weight(layer)
+    bias = layer.bias if has_bias else weight.new_zeros(len(weight))  # unused ones column
+    refit = solve_rows(systems, augmented_weight(weight, bias), damping)
     write_layer(name, layer, refit[:, :-1], refit[:, -1] if has_bias else None, keep)
 
 
