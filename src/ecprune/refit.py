@@ -51,25 +51,30 @@ REFIT_WEIGHTINGS = ("plain", "sensitivity")
 class RowSystems:
     """Normal equations ``G_i w = c_i`` of every row's weighted least squares, by chunks.
 
-    ``supports[i]`` are the columns of ``[a, 1]`` row ``i`` may use.
+    ``usable[i, j]``: row ``i`` may use column ``j`` of ``[a, 1]``; ``supports[i]`` lists them.
+    The plain Gram matrix covers only the columns some row uses (fewer at high sparsity).
     """
 
-    def __init__(self, supports: list[torch.Tensor], n_cols: int, *, weighted: bool):
-        self.supports = supports
+    def __init__(self, usable: torch.Tensor, *, weighted: bool):
         self.weighted = weighted
-        device = supports[0].device
-        zeros = lambda *shape: torch.zeros(*shape, dtype=ACCUMULATE_DTYPE, device=device)  # noqa: E731
+        self.supports = [torch.nonzero(row).squeeze(1) for row in usable]
+        used = usable.any(0)
+        self.active = torch.nonzero(used).squeeze(1)
+        position = used.cumsum(0) - 1
+        self._local = [position[support] for support in self.supports]
+        zeros = lambda *shape: torch.zeros(*shape, dtype=ACCUMULATE_DTYPE, device=usable.device)  # noqa: E731
         if weighted:
-            self.grams = [zeros(len(k), len(k)) for k in supports]
-            self.cross = [zeros(len(k)) for k in supports]
+            self.grams = [zeros(len(k), len(k)) for k in self.supports]
+            self.cross = [zeros(len(k)) for k in self.supports]
         else:
-            self.gram = zeros(n_cols, n_cols)
-            self.cross_all = zeros(n_cols, len(supports))
+            self.gram = zeros(len(self.active), len(self.active))
+            self.cross_all = zeros(len(self.active), len(self.supports))
 
     def update(self, extended: torch.Tensor, target: torch.Tensor,
                weights: torch.Tensor | None) -> None:
         """Add one chunk: ``extended`` (B, n_cols), ``target`` and ``weights`` (B, n_out)."""
         if not self.weighted:
+            extended = extended[:, self.active]
             self.gram += extended.T @ extended
             self.cross_all += extended.T @ target
             return
@@ -91,8 +96,8 @@ class RowSystems:
         """``(G_i, c_i)`` of row ``i`` on its support."""
         if self.weighted:
             return self.grams[i], self.cross[i]
-        support = self.supports[i]
-        return self.gram[support][:, support], self.cross_all[support, i]
+        local = self._local[i]
+        return self.gram[local][:, local], self.cross_all[local, i]
 
 
 def solve_rows(systems: RowSystems, start: torch.Tensor, damping: float) -> torch.Tensor:
@@ -127,10 +132,9 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
     """Refit the kept weights and the bias of one (already masked) layer in place."""
     keep = keep_mask(layer)
     has_bias = layer.bias is not None
-    columns = torch.cat([keep, keep.new_full((len(keep), 1), has_bias)], 1)
-    supports = [torch.nonzero(row).squeeze(1) for row in columns]
     weighted = weighting == "sensitivity"
-    systems = RowSystems(supports, columns.shape[1], weighted=weighted)
+    usable = torch.cat([keep, keep.new_full((len(keep), 1), has_bias)], 1)
+    systems = RowSystems(usable, weighted=weighted)
 
     def accumulate() -> None:
         with eval_mode(reference):
