@@ -14,8 +14,13 @@ are 1 (``refit_weighting="plain"``) or ECP's output sensitivity ``s_i(x) = ||dy/
 current network (``"sensitivity"``), which fits what reaches the output.
 
 Statistics are streamed: one pass per layer. Plain: ``G = sum [a,1]^T [a,1]`` and
-``C = sum [a,1]^T u``, memory O(n_in^2 + n_in n_out), every row's system sliced from them.
-Sensitivity-weighted: one Gram per row restricted to its support, memory O(sum_i |K_i|^2).
+``C = sum [a,1]^T u`` over the columns some row keeps, memory O(n_in^2 + n_in n_out), every
+row's system sliced from them. Sensitivity-weighted: one Gram matrix per row on its own support,
+memory O(sum_i |K_i|^2), and one batched reverse pass per output and chunk.
+
+``"plain"`` is the default: on MNIST 784-64-64-10 (issue #9) the weighted fit was no more
+accurate (test accuracy within 0.003 at every ratio from 0.5 to 0.95) and several times slower.
+Refitting after every step of ``steps=k`` pruning helps much more at very high sparsity.
 """
 
 from __future__ import annotations
