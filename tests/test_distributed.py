@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +94,42 @@ def test_sample_keys_depend_only_on_position():
 def test_not_distributed_means_one_rank():
     assert ecprune.distributed.world() == (0, 1)
     assert not ecprune.distributed.is_distributed()
+
+
+FACTORY = """
+import torch
+
+def make():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.PReLU(), torch.nn.Linear(16, 3))
+"""
+
+
+def test_cli_prune_under_torchrun_equals_one_process(tmp_path):
+    """`torchrun ... -m ecprune prune` writes (on rank 0 only) what one process writes."""
+    (tmp_path / "arch.py").write_text(FACTORY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from arch import make
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.save(make().state_dict(), tmp_path / "weights.pt")
+    np.save(tmp_path / "inputs.npy", np.random.default_rng(0).normal(size=(203, 6)))
+    common = ["prune", "arch:make", "--path", str(tmp_path), "--weights", "weights.pt",
+              "inputs.npy", "--sparsity", "0.7", "--chunk-size", "16", "--quiet"]
+    single = subprocess.run([sys.executable, "-m", "ecprune", *common, "-o", "one.pt"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node=2", "-m", "ecprune"]
+    multi = subprocess.run([*launcher, *common, "-o", "two.pt", "--dist-timeout", "60"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert multi.returncode == 0, multi.stderr
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-6, atol=1e-7)
+    reports = [json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json")]
+    for key in ("kept", "samples", "predicted_error", "measured_error", "mean_output_sq"):
+        assert reports[1][key] == pytest.approx(reports[0][key], rel=1e-6), key
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["one.json", "two.json"]

@@ -17,7 +17,12 @@ from .api import (
     prune,
     prune_by_importance,
 )
+from .budget import BudgetChoice, budget_sparsity, prune_to_budget
+from .compaction import compact, layer_shapes
 from .criteria import CRITERIA, LayerImportance
+from .layers import bake_masks
+from .measure import OutputError, output_error
+from .sparse import SparseLinear, to_sparse
 
 __version__ = "0.1.0"
 
@@ -25,14 +30,24 @@ METHODS: tuple[str, ...] = tuple(CRITERIA)
 
 __all__ = [
     "METHODS",
+    "BudgetChoice",
     "Importances",
     "LayerImportance",
     "LayerReport",
     "Options",
+    "OutputError",
     "PruneReport",
+    "SparseLinear",
     "__version__",
+    "bake_masks",
+    "budget_sparsity",
+    "compact",
     "distributed",
     "importance",
+    "layer_shapes",
+    "output_error",
     "prune",
     "prune_by_importance",
+    "prune_to_budget",
+    "to_sparse",
 ]

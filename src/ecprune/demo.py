@@ -34,6 +34,12 @@ def load_digits(seed: int) -> tuple[torch.Tensor, ...]:
     return x[train], y[train], x[test], y[test]
 
 
+def build_model() -> nn.Sequential:
+    """The demo's 64-32-32-10 PReLU network (default PyTorch initialisation)."""
+    return nn.Sequential(nn.Linear(64, 32), nn.PReLU(), nn.Linear(32, 32), nn.PReLU(),
+                         nn.Linear(32, 10))
+
+
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int) -> None:
     """Adam with default hyper-parameters, batch size 64, cross-entropy."""
     generator = torch.Generator().manual_seed(seed)
@@ -59,8 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     x_train, y_train, x_test, y_test = load_digits(args.seed)
-    dense = nn.Sequential(nn.Linear(64, 32), nn.PReLU(), nn.Linear(32, 32), nn.PReLU(),
-                          nn.Linear(32, 10))
+    dense = build_model()
     train(dense, x_train, y_train, epochs=args.epochs, seed=args.seed)
     loss, acc = evaluate(dense, x_test, y_test)
     print(f"digits 64-32-32-10, seed {args.seed}: dense test loss {loss:.4f}, accuracy {acc:.4f}")

@@ -10,6 +10,8 @@ detected by the backend (or after the process group's ``timeout``).
 
 from __future__ import annotations
 
+import datetime
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -44,6 +46,25 @@ def is_distributed() -> bool:
 def is_main_process() -> bool:
     """True on rank 0 (and when not distributed): the rank that shows progress, writes files."""
     return world()[0] == 0
+
+
+def init_from_environment(device: str, *, timeout_seconds: float) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
+    ``RANK``, ``MASTER_ADDR``, ...); gloo on CPU, NCCL for CUDA. Returns True if this call
+    created it (the caller then destroys it), False when not launched by torchrun or already
+    initialised."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds))
+    return True
+
+
+def local_device(device: str) -> str:
+    """``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun, so each process takes its own GPU."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
 
 
 def run_on_every_rank(fn: Callable[[], T]) -> T:

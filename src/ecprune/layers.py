@@ -6,6 +6,7 @@ Masks follow PyTorch's own reparametrisation (``torch.nn.utils.prune``): a prune
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -86,3 +87,27 @@ def add_zero_biases(layers: dict[str, nn.Linear]) -> list[str]:
                                                   device=weight.device))
             added.append(name)
     return added
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also when a pruned layer's ``weight`` holds an autograd graph.
+
+    After a forward pass with gradients, ``weight = weight_orig * weight_mask`` is not a leaf
+    and plain ``deepcopy`` refuses it; its copy is the detached value (recomputed by the
+    pruning hook on the next forward anyway).
+    """
+    memo = {id(m.weight): m.weight.detach().clone() for m in model.modules()
+            if isinstance(m, nn.Linear) and hasattr(m, "weight_orig")}
+    return copy.deepcopy(model, memo)
+
+
+def bake_masks(model: nn.Module) -> nn.Module:
+    """Make the pruning masks of every ``nn.Linear`` permanent, in place; return ``model``.
+
+    ``torch.nn.utils.prune.remove`` on each masked weight: ``weight = weight_orig * mask``
+    becomes a plain Parameter, and the mask and hook are dropped.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and hasattr(module, "weight_orig"):
+            torch_prune.remove(module, "weight")
+    return model

@@ -332,7 +332,7 @@ def stream(
     flattened to (B, n_out). With ``differentiable`` the layer outputs stay in the graph.
     """
     with eval_mode(model), LayerTape(layers, differentiable=differentiable) as tape:
-        for batch in tqdm(batches, desc=desc, unit="chunk", disable=_disable(progress),
+        for batch in tqdm(batches, desc=desc, unit="chunk", disable=progress_disabled(progress),
                           leave=False):
             tape.clear()
             with torch.set_grad_enabled(differentiable):
@@ -378,7 +378,7 @@ def _check_all_layers_ran(tape: LayerTape, layers: dict[str, nn.Linear]) -> None
         )
 
 
-def _disable(progress: bool | None) -> bool | None:
+def progress_disabled(progress: bool | None) -> bool | None:
     """tqdm's ``disable``: None shows a bar only on a terminal, and only on rank 0."""
     if not distributed.is_main_process():
         return True

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import info
+from ..distributed import RankFailure
+from . import info, prune
 
-COMMANDS = (info,)
+COMMANDS = (info, prune)
 
 EPILOG = """examples:
   ecprune info
+  ecprune prune model.pt inputs.npy --trust-model --sparsity 0.9 -o pruned.pt
+  ecprune prune --help
 """
 
 
@@ -38,10 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args) or 0
-    except (CliError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"ecprune {args.command}: error: {err}", file=sys.stderr)
+    except (CliError, ValueError, TypeError, OSError, RankFailure) as err:
+        message = " ".join(str(err).split())  # one line, whatever the message
+        print(f"ecprune {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ecprune {args.command}: interrupted", file=sys.stderr)
