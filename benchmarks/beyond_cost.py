@@ -32,6 +32,7 @@ METHODS = {
     "sparsegpt": {"method": "sparsegpt"},
     "wanda": {"method": "wanda"},
     "ecp-steps10": {"method": "ecp", "steps": 10},
+    "ecp-refit-steps3": {"method": "ecp-refit", "steps": 3},
 }
 
 
