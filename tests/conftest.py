@@ -60,6 +60,21 @@ def weight_jacobians(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tens
     return torch.stack([jacrev(output)(params[key].detach(), sample) for sample in x])
 
 
+def layer_io(model: nn.Module, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input and output of layer ``name`` on ``x``, by a forward hook."""
+    seen = []
+    handle = model.get_submodule(name).register_forward_hook(
+        lambda module, args, out: seen.append((args[0].detach(), out.detach())))
+    model(x)
+    handle.remove()
+    return seen[0]
+
+
+def layer_inputs(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The inputs layer ``name`` receives on ``x``."""
+    return layer_io(model, name, x)[0]
+
+
 @pytest.fixture
 def tiny():
     """A 3-4-3-2 tanh MLP in float64 with 40 inputs."""

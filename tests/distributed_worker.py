@@ -41,7 +41,20 @@ def results(model, data):
     clone = copy.deepcopy(model)
     ecprune.prune(clone, data, 0.6, chunk_size=4)
     out["pruned"] = {k: v.clone() for k, v in clone.state_dict().items()}
+    for key, options in PRUNINGS.items():
+        clone = copy.deepcopy(model)
+        ecprune.prune(clone, data, 0.6, chunk_size=4, **options)
+        out[key] = {k: v.clone() for k, v in clone.state_dict().items()}
     return out
+
+
+# Multi-pass prunings: their own streamed sums (refit systems, Grams) are all-reduced too.
+PRUNINGS = {
+    "ecp-refit": {"method": "ecp-refit"},
+    "ecp-refit-sensitivity": {"method": "ecp-refit", "refit_weighting": "sensitivity"},
+    "sparsegpt": {"method": "sparsegpt", "block_size": 4},
+    "ecp-steps": {"method": "ecp", "steps": 3},
+}
 
 
 def main() -> None:

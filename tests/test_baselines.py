@@ -10,17 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import ecprune
-from conftest import SkipNet, mlp
+from conftest import SkipNet, layer_inputs, mlp
 from ecprune.nonlinear import _perturbed_outputs
-
-
-def layer_inputs(model, name, x):
-    """The inputs layer ``name`` receives on ``x``."""
-    inputs = []
-    handle = model.get_submodule(name).register_forward_hook(lambda m, args, out: inputs.append(args[0]))
-    model(x)
-    handle.remove()
-    return inputs[0].detach()
 
 
 def brute_force(model, x, name, i, j):

@@ -280,3 +280,24 @@ def test_pickled_custom_class_loads_with_path(work, capsys, monkeypatch):
                "-o", "out.pt", "-q") == 0
     assert json.loads((work["dir"] / "out.json").read_text())["layers"].keys() == {"body.0",
                                                                                      "body.2"}
+
+
+@pytest.mark.parametrize("extra", [["--method", "ecp-refit"], ["--method", "sparsegpt"],
+                                   ["--steps", 3]])
+def test_reconstructions_and_steps_run_the_library_prune(work, extra):
+    assert run("model.pt", "inputs.npy", "--trust-model", "--sparsity", 0.6, "-o", "out.pt",
+               "--quiet", *extra) == 0
+    pruned = torch.load(work["dir"] / "out.pt", weights_only=False)
+    expected = copy.deepcopy(work["model"])
+    options = dict(zip([e.lstrip("-") for e in extra[::2]], extra[1::2], strict=True))
+    ecprune.prune(expected, work["x"], 0.6, method=options.get("method", "ecp"),
+                  steps=int(options.get("steps", 1)))
+    for got, want in zip(linear_weights(pruned), linear_weights(expected), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    report = json.loads((work["dir"] / "out.json").read_text())
+    assert report["total"] - report["kept"] == round(0.6 * report["total"])
+
+
+def test_error_budget_refuses_steps(work, capsys):
+    assert run("model.pt", "inputs.npy", "--trust-model", "--error-budget", 0.1, "--steps", 2) == 2
+    assert "--error-budget prunes in one step; drop --steps." in capsys.readouterr().err

@@ -58,6 +58,43 @@ def test_failed_prune_leaves_the_model_unchanged(tiny, method):
         assert torch.equal(value, state[key]), key
 
 
+@pytest.mark.parametrize("method", ecprune.METHODS)
+def test_steps_reach_exactly_k_removed(tiny, method):
+    model, x = tiny
+    report = ecprune.prune(model, data_for(method, x), 0.7, method=method, steps=3)
+    masks = [m.weight_mask for m in model if isinstance(m, nn.Linear)]
+    assert sum(int((mask == 0).sum()) for mask in masks) == round(0.7 * report.total)
+    assert report.steps == 3 and torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("method", ecprune.METHODS)
+def test_steps_one_is_the_one_shot_method(tiny, method):
+    model, x = tiny
+    one_shot, one_step = copy.deepcopy(model), copy.deepcopy(model)
+    ecprune.prune(one_shot, data_for(method, x), 0.5, method=method)
+    ecprune.prune(one_step, data_for(method, x), 0.5, method=method, steps=1)
+    for key, value in one_shot.state_dict().items():
+        assert torch.equal(value, one_step.state_dict()[key]), key
+    if method not in ("ecp-refit", "sparsegpt"):  # these update weights after the selection
+        scores = ecprune.importance(model, data_for(method, x), method)
+        ecprune.prune_by_importance(model, scores, 0.5)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, one_step.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("method", ecprune.METHODS)
+def test_sparsity_zero_and_pruning_again_to_the_same_ratio_change_nothing(tiny, method):
+    model, x = tiny
+    before = model(x)
+    ecprune.prune(model, data_for(method, x), 0.0, method=method)
+    assert torch.equal(model(x), before)
+    ecprune.prune(model, data_for(method, x), 0.4, method=method)
+    state = copy.deepcopy(model.state_dict())
+    ecprune.prune(model, data_for(method, x), 0.4, method=method, steps=2)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
 @settings(max_examples=20, deadline=None)
 @given(widths=st.lists(st.integers(1, 4), min_size=2, max_size=4),
        n=st.integers(1, 12), seed=st.integers(0, 2**16))

@@ -73,8 +73,8 @@ def test_unknown_method_lists_the_valid_ones(tiny):
 
 def test_unknown_scope_and_option(tiny):
     model, x = tiny
-    with pytest.raises(ValueError, match=r"'scope' parameter of prune must be one of 'global', 'layer'"):
-        ecprune.prune(model, x, 0.5, scope="row")
+    with pytest.raises(ValueError, match=r"'scope' parameter of prune must be one of 'global', 'layer', 'row'"):
+        ecprune.prune(model, x, 0.5, scope="column")
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['chunksize'\]; valid options"):
         ecprune.importance(model, x, chunksize=3)
     with pytest.raises(ValueError, match=r"'chunk_size' parameter of importance must be an int >= 1. Got 0"):

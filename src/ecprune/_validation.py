@@ -47,3 +47,14 @@ def check_positive_int(name: str, value: object, *, caller: str) -> int:
             f"The '{name}' parameter of {caller} must be an int >= 1. Got {value!r} instead."
         )
     return value
+
+
+def check_nonnegative(name: str, value: object, *, caller: str) -> float:
+    """Return ``value`` if it is a finite real number >= 0, else raise."""
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or value < 0):
+        raise ValueError(
+            f"The '{name}' parameter of {caller} must be a finite float >= 0. Got {value!r} "
+            "instead."
+        )
+    return float(value)

@@ -11,15 +11,18 @@ import torch
 from torch import nn
 
 from . import distributed
-from ._validation import check_choice, check_positive_int, check_sparsity
-from .batching import iter_batches
-from .compensation import apply_pruning, select
+from ._validation import check_choice, check_nonnegative, check_positive_int, check_sparsity
+from .batching import check_reiterable, iter_batches
+from .compensation import apply_pruning, preserved, select
 from .criteria import CRITERIA, LOSSES, LayerImportance, ScoringContext
 from .layers import add_zero_biases, effective_weight, keep_mask, model_dtype_device, select_layers
+from .layerwise import detached_copy
+from .refit import REFIT_WEIGHTINGS, refit_layers
 from .sensitivity import ESTIMATORS
+from .sparsegpt import sparsegpt_layers
 from .statistics import collect_statistics
 
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "row")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class Options:
         ``ecprune.sensitivity.AUTO_EXACT_OUTPUTS`` outputs, or ``probes`` if more, else
         Hutchinson).
     probes: probes of the Hutchinson estimate (None: ``ecprune.sensitivity.AUTO_PROBES``).
+    damping: ``"ecp-refit"`` and ``"sparsegpt"``: relative Tikhonov term, ``damping * mean(diag
+        G)`` added to the diagonal of each Gram matrix ``G`` (:func:`ecprune.layerwise.ridge`).
+    block_size: ``"sparsegpt"``: columns per block of its mask selection and lazy updates.
+    refit_weighting: ``"ecp-refit"``: ``"plain"`` least squares on the pre-activations or
+        ``"sensitivity"``, weighted by ECP's ``s_i(x)`` (:mod:`ecprune.refit`).
     """
 
     layers: Iterable[str | nn.Module] | None = None
@@ -57,6 +65,9 @@ class Options:
     shard: bool = True
     sensitivity: str = "auto"
     probes: int | None = None
+    damping: float = 0.01
+    block_size: int = 128
+    refit_weighting: str = "plain"
 
 
 def _options(options: dict, caller: str) -> Options:
@@ -70,6 +81,9 @@ def _options(options: dict, caller: str) -> Options:
     check_choice("sensitivity", parsed.sensitivity, ESTIMATORS, caller=caller)
     if parsed.probes is not None:
         check_positive_int("probes", parsed.probes, caller=caller)
+    check_positive_int("block_size", parsed.block_size, caller=caller)
+    check_nonnegative("damping", parsed.damping, caller=caller)
+    check_choice("refit_weighting", parsed.refit_weighting, REFIT_WEIGHTINGS, caller=caller)
     return parsed
 
 
@@ -123,6 +137,14 @@ def _check_biases(layers: dict[str, nn.Linear], method: str, add_bias: bool) -> 
         )
 
 
+def _batches(model: nn.Module, data: object, opts: Options):
+    """A factory of fresh chunk streams over (this rank's share of) ``data``, one per pass."""
+    dtype, device = model_dtype_device(model)
+    rank, world_size = distributed.world() if opts.shard else (0, 1)
+    return lambda: iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype,
+                                rank=rank, world_size=world_size)
+
+
 def importance(model: nn.Module, data: object, method: str = "ecp", **options) -> Importances:
     """Score every weight of the selected ``nn.Linear`` layers of ``model``.
 
@@ -155,10 +177,7 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
     if criterion.compensates:
         _check_biases(layers, method, opts.add_bias)
     loss = _require_targets(_resolve_loss(opts.loss)) if criterion.needs_targets else None
-    dtype, device = model_dtype_device(model)
-    rank, world_size = distributed.world() if opts.shard else (0, 1)
-    batches = iter_batches(data, chunk_size=opts.chunk_size, device=device, dtype=dtype,
-                           rank=rank, world_size=world_size)
+    batches = _batches(model, data, opts)()
     request = dataclasses.replace(
         criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed),
         estimator=opts.sensitivity, probes=opts.probes)
@@ -167,7 +186,7 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
     context = ScoringContext(model=model, layers=layers,
                              weights={name: effective_weight(m) for name, m in layers.items()},
                              statistics=stats, seed=opts.seed, output_fn=opts.output_fn,
-                             progress=opts.progress)
+                             progress=opts.progress, damping=opts.damping)
     scores = criterion.score(context)
     return Importances(scores, method=method, seconds=time.perf_counter() - start,
                        mean_output_sq=stats.mean_output_sq)
@@ -200,6 +219,7 @@ class PruneReport:
     scoring_seconds: float
     predicted_error: float | None
     mean_output_sq: float | None
+    steps: int = 1
 
     @property
     def kept(self) -> int:
@@ -224,34 +244,21 @@ class PruneReport:
         return result
 
 
-def prune_by_importance(model: nn.Module, importances: Importances, sparsity: float,
-                        scope: str = "global", *, add_bias: bool = False) -> PruneReport:
-    """Prune ``model`` in place from precomputed :func:`importance` results.
+def _scope(method: str, scope: str | None) -> str:
+    """The scope to use: the method's default (Wanda: "row", else "global") when None."""
+    if scope is None:
+        return CRITERIA[method].default_scope
+    return check_choice("scope", scope, SCOPES, caller="prune")
 
-    Useful to prune copies of one model at several ratios from one scoring pass.
-    """
-    start = time.perf_counter()
-    sparsity = check_sparsity(sparsity, caller="prune")
-    check_choice("scope", scope, SCOPES, caller="prune")
-    layers = select_layers(model, list(importances))
-    shifts = {name: result.bias_shift for name, result in importances.items()}
-    if any(shift is not None for shift in shifts.values()):
-        _check_biases(layers, importances.method, add_bias)
-    present = {name: keep_mask(layer) for name, layer in layers.items()}
-    scores = {name: result.score for name, result in importances.items()}
-    selection = select(scores, present, sparsity, scope)
-    added = add_zero_biases(layers) if add_bias else []
-    try:
-        apply_pruning(layers, selection.newly_pruned, shifts)
-    except Exception:
-        for name in added:
-            layers[name].bias = None
-        raise
+
+def _report(importances: Importances, layers: dict[str, nn.Linear], selection, scope: str,
+            sparsity: float, start: float) -> PruneReport:
     predicts = CRITERIA[importances.method].predicts_error
     reports = {}
     for name, layer in layers.items():
         newly = selection.newly_pruned[name]
-        error = scores[name][newly].to(torch.float64).sum().item() if predicts else None
+        score = importances[name].score
+        error = score[newly].to(torch.float64).sum().item() if predicts else None
         reports[name] = LayerReport(kept=int(keep_mask(layer).sum()), total=layer.weight.numel(),
                                     threshold=selection.thresholds[name], predicted_error=error)
     total_error = sum(r.predicted_error for r in reports.values()) if predicts else None
@@ -261,13 +268,132 @@ def prune_by_importance(model: nn.Module, importances: Importances, sparsity: fl
                        mean_output_sq=importances.mean_output_sq)
 
 
+def _select(model: nn.Module, importances: Importances, sparsity: float, scope: str | None):
+    sparsity = check_sparsity(sparsity, caller="prune")
+    scope = _scope(importances.method, scope)
+    layers = select_layers(model, list(importances))
+    present = {name: keep_mask(layer) for name, layer in layers.items()}
+    scores = {name: result.score for name, result in importances.items()}
+    return sparsity, scope, layers, present, select(scores, present, sparsity, scope)
+
+
+def prune_by_importance(model: nn.Module, importances: Importances, sparsity: float,
+                        scope: str | None = None, *, add_bias: bool = False) -> PruneReport:
+    """Prune ``model`` in place from precomputed :func:`importance` results.
+
+    Useful to prune copies of one model at several ratios from one scoring pass. It selects
+    and applies the bias shifts only: the weight updates of ``"ecp-refit"`` and
+    ``"sparsegpt"`` need the data and happen in :func:`prune`.
+    """
+    start = time.perf_counter()
+    sparsity, scope, layers, _, selection = _select(model, importances, sparsity, scope)
+    shifts = {name: result.bias_shift for name, result in importances.items()}
+    if any(shift is not None for shift in shifts.values()):
+        _check_biases(layers, importances.method, add_bias)
+    added = add_zero_biases(layers) if add_bias else []
+    try:
+        apply_pruning(layers, selection.newly_pruned, shifts)
+    except Exception:
+        for name in added:
+            layers[name].bias = None
+        raise
+    return _report(importances, layers, selection, scope, sparsity, start)
+
+
+def _one_shot(model, data, sparsity, method, scope, options, reference) -> PruneReport:
+    """Score, select and apply; then refit (ecp-refit)."""
+    del reference
+    scores = importance(model, data, method, **options)
+    return prune_by_importance(model, scores, sparsity, scope,
+                               add_bias=options.get("add_bias", False))
+
+
+def _refit(model, data, sparsity, method, scope, options, reference) -> PruneReport:
+    """ECP's selection and shifts, then the layer-wise least-squares refit."""
+    layers = select_layers(model, options.get("layers"))
+    removed = _removed(layers)
+    report = _one_shot(model, data, sparsity, method, scope, options, None)
+    start, opts = time.perf_counter(), _options(options, "prune")
+    if _removed(layers) == removed:
+        return report  # nothing new removed: the model is left as it is
+    refit_layers(model, reference, select_layers(model, list(report.layers)),
+                 _batches(model, data, opts), weighting=opts.refit_weighting,
+                 damping=opts.damping, output_fn=opts.output_fn, progress=opts.progress)
+    return dataclasses.replace(report, seconds=report.seconds + time.perf_counter() - start)
+
+
+def _sparsegpt(model, data, sparsity, method, scope, options, reference) -> PruneReport:
+    """Per-layer counts from the selection, then SparseGPT layer by layer."""
+    del reference
+    scores = importance(model, data, method, **options)
+    start, opts = time.perf_counter(), _options(options, "prune")
+    sparsity, scope, layers, present, selection = _select(model, scores, sparsity, scope)
+    counts = {name: int((~present[name] | selection.newly_pruned[name]).sum())
+              for name in layers}
+    if opts.add_bias:
+        add_zero_biases(layers)
+    if not any(selection.newly_pruned[name].any() for name in layers):
+        return _report(scores, layers, selection, scope, sparsity, start)
+    sparsegpt_layers(model, layers, counts, _batches(model, data, opts), damping=opts.damping,
+                     block_size=opts.block_size, output_fn=opts.output_fn,
+                     progress=opts.progress)
+    return _report(scores, layers, selection, scope, sparsity, start)
+
+
+def _removed(layers: dict[str, nn.Linear]) -> int:
+    return sum(int((~keep_mask(layer)).sum()) for layer in layers.values())
+
+
+PRUNE_STEPS = {"ecp-refit": _refit, "sparsegpt": _sparsegpt}
+
+
+def step_sparsities(start: float, sparsity: float, steps: int) -> list[float]:
+    """Targets of ``steps`` prunings from ``start`` to ``sparsity``, geometric in the kept
+    fraction: each step removes the same share of the weights still present.
+
+    >>> [round(s, 4) for s in step_sparsities(0.0, 0.75, 2)]
+    [0.5, 0.75]
+    """
+    if start >= sparsity:
+        return [sparsity]
+    kept, final = 1 - start, 1 - sparsity
+    return [1 - kept * (final / kept) ** (t / steps) for t in range(1, steps)] + [sparsity]
+
+
+def _combine(reports: list[PruneReport]) -> PruneReport:
+    """One report for several steps: the last step's masks, times and errors summed."""
+    last = reports[-1]
+    if len(reports) == 1:
+        return last
+
+    def total(values):
+        values = list(values)
+        return None if None in values else sum(values)
+
+    layers = {name: dataclasses.replace(
+        layer, predicted_error=total(r.layers[name].predicted_error for r in reports))
+        for name, layer in last.layers.items()}
+    return dataclasses.replace(
+        last, layers=layers, seconds=sum(r.seconds for r in reports),
+        scoring_seconds=sum(r.scoring_seconds for r in reports),
+        predicted_error=total(r.predicted_error for r in reports),
+        mean_output_sq=reports[0].mean_output_sq, steps=len(reports))
+
+
 def prune(model: nn.Module, data: object, sparsity: float, method: str = "ecp",
-          scope: str = "global", **options) -> PruneReport:
+          scope: str | None = None, *, steps: int = 1, **options) -> PruneReport:
     """Score, then remove exactly ``round(sparsity * |W|)`` weights of ``model`` in place.
 
     Compensating methods (ecp, nonlinear, magnitude-comp) add the shifts of the removed
-    weights to their neurons' biases. Masks use ``torch.nn.utils.prune`` (``weight_orig`` +
+    weights to their neurons' biases; ``"ecp-refit"`` then refits the kept weights and biases
+    layer by layer (:mod:`ecprune.refit`); ``"sparsegpt"`` prunes and updates layer by layer
+    (:mod:`ecprune.sparsegpt`). Masks use ``torch.nn.utils.prune`` (``weight_orig`` +
     ``weight_mask``); weights already masked stay pruned and count toward ``sparsity``.
+    ``scope``: ``"global"``, ``"layer"`` or ``"row"``; None picks the method's own (``"row"``
+    for Wanda, else ``"global"``). ``steps=k`` reaches ``sparsity`` in ``k`` prunings
+    (:func:`step_sparsities`), re-scoring and re-compensating the current pruned network each
+    time (``"ecp-refit"`` refits toward the network as it was before the first step). It is
+    all or nothing: on an error the model is left as it was.
 
     Examples
     --------
@@ -278,7 +404,17 @@ def prune(model: nn.Module, data: object, sparsity: float, method: str = "ecp",
     (20, 40)
     """
     sparsity = check_sparsity(sparsity, caller="prune")
-    check_choice("scope", scope, SCOPES, caller="prune")
-    scores = importance(model, data, method, **options)
-    return prune_by_importance(model, scores, sparsity, scope,
-                               add_bias=options.get("add_bias", False))
+    check_positive_int("steps", steps, caller="prune")
+    check_choice("method", method, CRITERIA, caller="prune")
+    scope = _scope(method, scope)
+    opts = _options(options, "prune")
+    step = PRUNE_STEPS.get(method, _one_shot)
+    if steps > 1 or step is not _one_shot:
+        check_reiterable(data, f"method={method!r} with steps={steps}")
+    layers = select_layers(model, opts.layers)
+    reference = detached_copy(model) if step is _refit else None
+    start = _removed(layers) / sum(layer.weight.numel() for layer in layers.values())
+    with preserved(layers):
+        reports = [step(model, data, target, method, scope, options, reference)
+                   for target in step_sparsities(start, sparsity, steps)]
+    return _combine(reports)

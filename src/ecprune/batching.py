@@ -110,6 +110,16 @@ def _check_finite(tensor: torch.Tensor, what: str, position: int) -> None:
         )
 
 
+def check_reiterable(data: object, what: str) -> None:
+    """Raise if ``data`` is a one-shot iterator (e.g. a generator): ``what`` streams it again."""
+    if isinstance(data, Iterator):
+        raise ValueError(
+            f"Pruning with {what} streams the data several times, but 'data' is a one-shot "
+            f"{type(data).__name__}. Pass a tensor, a Dataset, a DataLoader or a list of batches "
+            "instead."
+        )
+
+
 def iter_batches(
     data: object,
     *,

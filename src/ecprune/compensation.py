@@ -2,12 +2,16 @@
 
 Selection removes exactly ``round(sparsity * |W|)`` weights over the selected layers: weights
 already masked are removed first (they stay pruned and count toward the ratio), then the
-lowest scores, ties broken by position (layer order, then row-major index). Masks use
+lowest scores, ties broken by position (layer order, then row-major index). ``scope`` sets
+where scores compete: ``"global"`` (all layers together), ``"layer"`` (the same ratio in every
+layer) or ``"row"`` (the same ratio in every output row, as Wanda compares its scores). Masks use
 ``torch.nn.utils.prune``'s reparametrisation, so ``prune.remove`` and ``prune.is_pruned`` work.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +88,8 @@ def select(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
             offset += s.numel()
         threshold = _threshold(flat_scores, removed)
         return Selection(newly, dict.fromkeys(scores, threshold))
+    if scope == "row":
+        return _select_rows(scores, present, sparsity)
     counts = layer_counts({name: s.numel() for name, s in scores.items()}, sparsity)
     newly, thresholds = {}, {}
     for name, s in scores.items():
@@ -94,6 +100,29 @@ def select(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
         removed = _lowest(s.reshape(-1), keep, counts[name]) & keep
         newly[name] = removed.reshape(s.shape)
         thresholds[name] = _threshold(s.reshape(-1), removed)
+    return Selection(newly, thresholds)
+
+
+def _select_rows(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                 sparsity: float) -> Selection:
+    """``scope="row"``: ``round(sparsity * n_in)`` per row, nudged to the exact global count."""
+    counts = layer_counts({(name, i): s.shape[1] for name, s in scores.items()
+                           for i in range(s.shape[0])}, sparsity)
+    newly, thresholds = {}, {}
+    for name, s in scores.items():
+        keep = present[name]
+        wanted = torch.tensor([counts[name, i] for i in range(s.shape[0])], device=s.device)
+        existing = (~keep).sum(1)
+        if (existing > wanted).any():
+            row = int(torch.nonzero(existing > wanted)[0])
+            raise _already_pruned_error(f"Row {row} of layer {name!r}", int(existing[row]),
+                                        int(wanted[row]), s.shape[1])
+        ranked = torch.where(keep, s.to(torch.float64), -torch.inf)
+        order = torch.argsort(ranked, dim=1, stable=True)
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
+        newly[name] = (rank < wanted[:, None]) & keep
+        thresholds[name] = _threshold(s, newly[name])
     return Selection(newly, thresholds)
 
 
@@ -158,3 +187,34 @@ def _restore(layers: dict[str, nn.Linear], saved: dict) -> None:
             elif hasattr(layer, "weight_orig"):
                 _unprune(layer)
 
+
+
+@contextmanager
+def preserved(layers: dict[str, nn.Linear]) -> Iterator[None]:
+    """Restore the layers' weight values, masks and biases if the block raises.
+
+    For multi-step pruning and weight reconstruction, which change the model several times:
+    either all of it lands or none. Parameter identities are kept.
+    """
+    saved = {name: (layer.bias.detach().clone() if layer.bias is not None else None,
+                    keep_mask(layer).clone(), torch_prune.is_pruned(layer),
+                    _values(layer).detach().clone())
+             for name, layer in layers.items()}
+    try:
+        yield
+    except BaseException:
+        for name, layer in layers.items():
+            if saved[name][0] is None:
+                layer.bias = None
+        _restore(layers, {name: entry[:3] for name, entry in saved.items()})
+        with torch.no_grad():
+            for name, layer in layers.items():
+                _values(layer).copy_(saved[name][3])
+                if torch_prune.is_pruned(layer):
+                    layer.weight = layer.weight_orig * layer.weight_mask
+        raise
+
+
+def _values(layer: nn.Linear) -> torch.Tensor:
+    """The stored weight values: ``weight_orig`` when masked, else ``weight``."""
+    return layer.weight_orig if hasattr(layer, "weight_orig") else layer.weight

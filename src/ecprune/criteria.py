@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nonlinear import brute_force_errors
+from .sparsegpt import obs_saliency
 from .statistics import ACCUMULATE_DTYPE, LayerStatistics, Statistics, StatisticsRequest
 
 
@@ -42,12 +43,17 @@ class ScoringContext:
     seed: int
     output_fn: Callable[[object], torch.Tensor] | None
     progress: bool | None
+    damping: float = 0.01
 
 
 class Criterion:
-    """Base class: subclasses set ``name`` and implement :meth:`layer_importance`."""
+    """Base class: subclasses set ``name`` and implement :meth:`layer_importance`.
+
+    ``default_scope`` is where :func:`ecprune.prune` compares the scores unless told otherwise.
+    """
 
     name: ClassVar[str]
+    default_scope: ClassVar[str] = "global"
     compensates: ClassVar[bool] = False
     predicts_error: ClassVar[bool] = False
     needs_targets: ClassVar[bool] = False
@@ -210,10 +216,52 @@ class Random(Criterion):
         }
 
 
+class ECPRefit(ECP):
+    """ECP's scores and shifts; :func:`ecprune.prune` then refits every row's kept weights and
+    bias by least squares toward the dense pre-activations (:mod:`ecprune.refit`). The refit
+    needs the data, so :func:`ecprune.prune_by_importance` applies the shifts only."""
+
+    name = "ecp-refit"
+    predicts_error = False
+
+
+class SparseGPT(Criterion):
+    """Score ``E[s_i] w_ij^2 / [H^-1]_jj``: the OBS cost of removing ``w_ij`` from the dense
+    layer's reconstruction problem (:func:`ecprune.sparsegpt.obs_saliency`) times the row's mean
+    output sensitivity, comparable across layers. It only sets how many weights each layer
+    loses; :func:`ecprune.prune` then runs SparseGPT (:mod:`ecprune.sparsegpt`), which picks
+    the weights and updates the rest. No bias shift."""
+
+    name = "sparsegpt"
+
+    def request(self, *, loss, samples: int, seed: int) -> StatisticsRequest:
+        return StatisticsRequest(sensitivity=True, gram=True, seed=seed)
+
+    def layer_importance(self, name: str, context: ScoringContext) -> LayerImportance:
+        stats = context.statistics.layers[name]
+        saliency = obs_saliency(context.weights[name], context.layers[name].bias, stats.gram,
+                                context.damping)
+        mean_sensitivity = stats.sens_sum[:, None] / context.statistics.count
+        return LayerImportance(mean_sensitivity * saliency, None)
+
+
+class Wanda(Criterion):
+    """Wanda (Sun, Liu, Bair and Kolter, "A simple and effective pruning approach for large
+    language models", 2023): ``|W_ij| ||a_j||_2`` with the norm over the data, compared within
+    each output row (``default_scope="row"``), no update."""
+
+    name = "wanda"
+    default_scope = "row"
+
+    def layer_importance(self, name: str, context: ScoringContext) -> LayerImportance:
+        norms = context.statistics.layers[name].input_sq_sum.sqrt()
+        return LayerImportance(_float64(context.weights[name]).abs() * norms[None, :], None)
+
+
 CRITERIA: dict[str, type[Criterion]] = {
     cls.name: cls
     for cls in (ECP, ECPNoCompensation, Nonlinear, Magnitude, Gradient, Random,
-                MagnitudeCompensated)
+                MagnitudeCompensated, ECPRefit, SparseGPT, Wanda)
 }
 
 

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 # The LayerStatistics fields that are plain sums over samples.
-SUMMED = ("input_sum", "sens_sum", "sens_act", "sens_act_sq", "loss_grad")
+SUMMED = ("input_sum", "input_sq_sum", "gram", "sens_sum", "sens_act", "sens_act_sq",
+          "loss_grad")
 
 
 class RankFailure(RuntimeError):

@@ -5,11 +5,13 @@ For each selected layer with input activations ``a`` (B, n_in) and pre-activatio
 - ``s_i(x) = ||dy/du_i||^2``, exact or a Hutchinson estimate, from reverse passes that carry a
   block of seeds at once (see :mod:`ecprune.sensitivity`), never per-weight gradients;
 - ``S = sum s`` (n_out,), ``P = sum s (a - c)^T`` and ``Q = sum s ((a - c)^2)^T`` (n_out, n_in),
-  one GEMM ``s^T [a - c, (a - c)^2]`` per layer per chunk. ``c`` is the mean input of the
+  one GEMM ``s^T [a - c, (a - c)^2, 1]`` per layer per chunk. ``c`` is the mean input of the
   first chunk: shifting the data by a constant leaves ``Q - P^2/S`` unchanged but avoids
   catastrophic cancellation;
-- ``sum a`` (the mean-signal shift of the baselines) and, when a loss is given,
-  ``sum dL/dW = sum g_u a^T``.
+- ``sum a`` (the mean-signal shift of the baselines), ``sum a^2`` (Wanda's input norms) and,
+  when a loss is given, ``sum dL/dW = sum g_u a^T``;
+- on request, the Gram matrix ``sum [a, 1]^T [a, 1]`` ((n_in + 1)^2, the ones column last) of
+  the layer-wise reconstructions (:mod:`ecprune.sparsegpt`).
 
 Sums are kept in float64 whatever the model's dtype. Memory is O(|W| + chunk x width).
 """
@@ -42,6 +44,7 @@ class StatisticsRequest:
     """What one pass must accumulate."""
 
     sensitivity: bool = False
+    gram: bool = False
     loss: LossFn | None = None
     samples: int = 0
     seed: int = 0
@@ -55,6 +58,8 @@ class LayerStatistics:
 
     input_sum: torch.Tensor
     input_shift: torch.Tensor
+    input_sq_sum: torch.Tensor
+    gram: torch.Tensor | None = None
     sens_sum: torch.Tensor | None = None
     sens_act: torch.Tensor | None = None
     sens_act_sq: torch.Tensor | None = None
@@ -205,7 +210,7 @@ class _SumsWorkspace:
         self.sums = a.new_empty(n_out + 1, 2 * n_in + 1)
 
     def add(self, layer: LayerStatistics, s: torch.Tensor, a: torch.Tensor) -> None:
-        """Add one chunk's ``S``, ``P``, ``Q`` and ``sum a`` to ``layer``."""
+        """Add one chunk's ``S``, ``P``, ``Q`` ``sum a`` and ``sum a^2`` to ``layer``."""
         n_in, shift, sums = a.shape[1], layer.input_shift.to(a.dtype), self.sums.zero_()
         for start in range(0, len(a), len(self.right)):
             rows = a[start : start + len(self.right)]
@@ -218,7 +223,9 @@ class _SumsWorkspace:
         layer.sens_act += sums[:-1, :n_in]
         layer.sens_act_sq += sums[:-1, n_in : 2 * n_in]
         layer.sens_sum += sums[:-1, -1]
-        layer.input_sum += sums[-1, :n_in] + len(a) * layer.input_shift
+        centred_sum, shift = sums[-1, :n_in], layer.input_shift
+        layer.input_sum += centred_sum + len(a) * shift
+        layer.input_sq_sum += sums[-1, n_in : 2 * n_in] + shift * (2 * centred_sum + len(a) * shift)
 
 
 class Accumulator:
@@ -251,10 +258,13 @@ class Accumulator:
             if name not in stats.layers:
                 stats.layers[name] = self._new_layer(name, a.mean(0).to(ACCUMULATE_DTYPE))
             layer = stats.layers[name]
+            if request.gram:
+                layer.gram += gram(a)
             if request.sensitivity:
                 self._workspace(name, a).add(layer, sens[k], a)
             else:  # summed in the model's dtype: a float64 cast of the chunk costs 2 forwards
                 layer.input_sum += a.sum(0).to(ACCUMULATE_DTYPE)
+                layer.input_sq_sum += a.square().sum(0).to(ACCUMULATE_DTYPE)
             if request.loss is not None and loss_grads[k] is not None:
                 layer.loss_grad += (loss_grads[k].T @ a).to(ACCUMULATE_DTYPE)
         stats.count += len(batch.inputs)
@@ -295,6 +305,8 @@ class Accumulator:
         return LayerStatistics(
             input_sum=zeros(n_in),
             input_shift=shift,
+            input_sq_sum=zeros(n_in),
+            gram=zeros(n_in + 1, n_in + 1) if self.request.gram else None,
             sens_sum=zeros(n_out) if sens else None,
             sens_act=zeros(n_out, n_in) if sens else None,
             sens_act_sq=zeros(n_out, n_in) if sens else None,
@@ -343,6 +355,45 @@ def sample_keys(seed: int, start: int, count: int) -> torch.Tensor:
     return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / 2.0**53)
 
 
+def with_ones(a: torch.Tensor) -> torch.Tensor:
+    """``[a, 1]`` in float64: the layer input with the bias's ones column appended last."""
+    a = a.to(ACCUMULATE_DTYPE)
+    return torch.cat([a, a.new_ones(len(a), 1)], 1)
+
+
+def gram(a: torch.Tensor) -> torch.Tensor:
+    """``[a, 1]^T [a, 1]`` of one chunk, (n_in + 1, n_in + 1) in float64."""
+    extended = with_ones(a)
+    return extended.T @ extended
+
+
+def stream(
+    model: nn.Module,
+    layers: dict[str, nn.Linear],
+    batches: Iterable[Batch],
+    *,
+    differentiable: bool,
+    output_fn: Callable[[object], torch.Tensor] | None = None,
+    progress: bool | None = None,
+    desc: str = "statistics",
+    runner: Callable[[torch.Tensor], object] | None = None,
+) -> Iterator[tuple[Batch, LayerTape, object, torch.Tensor]]:
+    """Run ``model`` (in eval mode) on each chunk; yield ``(batch, tape, raw, output)``.
+
+    The tape holds that chunk's layer inputs and outputs; ``output`` is the sensitivity output
+    flattened to (B, n_out). With ``differentiable`` the layer outputs stay in the graph.
+    ``runner`` evaluates the model in its place (a :class:`ChainRun` of it).
+    """
+    with eval_mode(model), LayerTape(layers, differentiable=differentiable) as tape:
+        for batch in tqdm(batches, desc=desc, unit="chunk", disable=progress_disabled(progress),
+                          leave=False):
+            tape.clear()
+            with torch.set_grad_enabled(differentiable):
+                raw, output = forward(runner or model, batch.inputs, output_fn)
+            _check_all_layers_ran(tape, layers)
+            yield batch, tape, raw, output
+
+
 def collect_statistics(
     model: nn.Module,
     layers: dict[str, nn.Linear],
@@ -357,21 +408,18 @@ def collect_statistics(
     chain = None
     if request.sensitivity and request.loss is None and output_fn is None:
         chain = find_chain(model, layers)
-    run = None if chain is None else ChainRun(chain)
-    accumulator = Accumulator(layers, request, run)
-    needs_graph = run is None and (request.sensitivity or request.loss is not None)
+    chain_run = None if chain is None else ChainRun(chain)
+    accumulator = Accumulator(layers, request, chain_run)
+    needs_graph = chain_run is None and (request.sensitivity or request.loss is not None)
 
-    def stream() -> None:
-        with eval_mode(model), LayerTape(layers, differentiable=needs_graph) as tape:
-            for batch in tqdm(batches, desc="statistics", unit="chunk",
-                              disable=progress_disabled(progress), leave=False):
-                tape.clear()
-                with torch.set_grad_enabled(needs_graph):
-                    raw, output = forward(run or model, batch.inputs, output_fn)
-                _check_all_layers_ran(tape, layers)
-                accumulator.update(tape, batch, raw, output)
+    def run() -> None:
+        for batch, tape, raw, output in stream(model, layers, batches,
+                                               differentiable=needs_graph,
+                                               output_fn=output_fn, progress=progress,
+                                               runner=chain_run):
+            accumulator.update(tape, batch, raw, output)
 
-    distributed.run_on_every_rank(stream)
+    distributed.run_on_every_rank(run)
     stats = accumulator.finish()
     if stats.count == 0:
         raise ValueError("The 'data' parameter holds no samples; expected at least one input.")

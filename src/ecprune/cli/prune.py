@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 
 import ecprune
 from ecprune import distributed
-from ecprune.api import SCOPES
+from ecprune.api import PRUNE_STEPS, SCOPES
 from ecprune.criteria import CRITERIA, LOSSES
 from ecprune.layers import copy_model, model_dtype_device, select_layers
 from ecprune.statistics import LayerTape, eval_mode, forward
@@ -75,6 +75,8 @@ def check_arguments(args: argparse.Namespace) -> None:
                              "--sparsity instead.")
         if args.scope != "global":
             raise ValueError("--error-budget ranks all layers together; drop --scope layer.")
+        if args.steps > 1:
+            raise ValueError("--error-budget prunes in one step; drop --steps.")
     if args.sparsity is not None and not 0 <= args.sparsity < 1:
         raise ValueError(f"--sparsity must be in [0, 1); got {args.sparsity}.")
     if args.error_budget is not None and not 0 <= args.error_budget < math.inf:
@@ -85,6 +87,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"Unknown --device {args.device!r}; expected e.g. cpu or cuda.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch finds no CUDA device on this machine.")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1; got {args.steps}.")
     if args.max_samples is not None and args.max_samples < 1:
         raise ValueError(f"--max-samples must be >= 1; got {args.max_samples}.")
 
@@ -104,19 +108,24 @@ def prune_model(model: nn.Module, data: LoadedData, args: argparse.Namespace) ->
     options = dict(layers=args.layers, loss=args.loss, chunk_size=args.chunk_size,
                    seed=args.seed, nonlinear_samples=args.nonlinear_samples,
                    add_bias=args.add_bias, progress=False if args.quiet else None)
-    scores = ecprune.importance(model, dataset, args.method, **options)
     start = time.perf_counter()
-    sparsity = args.sparsity
-    if args.error_budget is not None:
-        sparsity = ecprune.budget_sparsity(model, scores, args.error_budget).sparsity
-    report = ecprune.prune_by_importance(model, scores, sparsity, args.scope,
-                                         add_bias=args.add_bias)
+    if args.steps > 1 or args.method in PRUNE_STEPS:  # more passes over the data after scoring
+        report = ecprune.prune(model, dataset, args.sparsity, args.method, args.scope,
+                               steps=args.steps, **options)
+        scoring = report.scoring_seconds
+    else:
+        scores = ecprune.importance(model, dataset, args.method, **options)
+        scoring, sparsity = scores.seconds, args.sparsity
+        if args.error_budget is not None:
+            sparsity = ecprune.budget_sparsity(model, scores, args.error_budget).sparsity
+        report = ecprune.prune_by_importance(model, scores, sparsity, args.scope,
+                                             add_bias=args.add_bias)
     ecprune.bake_masks(model)
-    pruning = time.perf_counter() - start
+    pruning = time.perf_counter() - start - scoring
     measured = ecprune.output_error(dense, model, data.inputs, chunk_size=args.chunk_size,
                                     progress=options["progress"])
-    seconds = {"scoring": scores.seconds, "pruning": pruning,
-               "measuring": time.perf_counter() - start - pruning}
+    seconds = {"scoring": scoring, "pruning": pruning,
+               "measuring": time.perf_counter() - start - scoring - pruning}
     return Pruned(report=report, measured=measured, seconds=seconds)
 
 
@@ -218,7 +227,10 @@ def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--method", default="ecp",
                        help=f"one of {', '.join(ecprune.METHODS)} (default: ecp)")
     group.add_argument("--scope", default="global",
-                       help="global (one ranking over all layers, default) or layer")
+                       help="global (one ranking over all layers, default), layer or row")
+    group.add_argument("--steps", type=int, default=1, metavar="K",
+                       help="reach --sparsity in K prunings, re-scoring the pruned model each "
+                            "time (default: 1). ecp-refit and sparsegpt update the kept weights")
     group.add_argument("--layers", type=_layers, metavar="NAMES",
                        help="comma-separated names of the Linear layers to prune (default: all)")
     group.add_argument("--loss", choices=sorted(LOSSES),

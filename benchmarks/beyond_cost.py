@@ -1,0 +1,85 @@
+"""Cost of the reconstructions, as ratios to one gradient pass measured in the same run.
+
+Run by hand, ideally on an otherwise idle machine (ratios within one run are more robust than
+seconds):
+
+    python benchmarks/beyond_cost.py --samples 60000 --ratio 0.9 --repeats 3
+
+A 784-64-64-10 PReLU network (the MNIST architecture) on random MNIST-shaped inputs: the cost
+of every method below depends on the shapes, not on the values. For each method it prints, as
+JSON, the median seconds of ``ecprune.prune`` on a fresh copy and the ratio to the median of one
+full-data gradient pass (forward + backward with weight gradients, same chunking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import ecprune
+
+CHUNK = 4096
+METHODS = {
+    "ecp": {"method": "ecp"},
+    "ecp-refit": {"method": "ecp-refit"},
+    "ecp-refit-sensitivity": {"method": "ecp-refit", "refit_weighting": "sensitivity"},
+    "sparsegpt": {"method": "sparsegpt"},
+    "wanda": {"method": "wanda"},
+    "ecp-steps10": {"method": "ecp", "steps": 10},
+    "ecp-refit-steps3": {"method": "ecp-refit", "steps": 3},
+}
+
+
+def network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(784, 64), torch.nn.PReLU(),
+                               torch.nn.Linear(64, 64), torch.nn.PReLU(),
+                               torch.nn.Linear(64, 10))
+
+
+def gradient_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    start = time.perf_counter()
+    for k in range(0, len(x), CHUNK):
+        loss = torch.nn.functional.cross_entropy(model(x[k : k + CHUNK]), y[k : k + CHUNK],
+                                                 reduction="sum")
+        loss.backward()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=60000)
+    parser.add_argument("--ratio", type=float, default=0.9)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    args = parser.parse_args()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(args.samples, 784, generator=generator)
+    y = torch.randint(0, 10, (args.samples,), generator=generator)
+    model = network()
+    gradient = statistics.median(gradient_pass(copy.deepcopy(model), x, y)
+                                 for _ in range(args.repeats))
+    rows = {"gradient_pass": {"seconds": gradient, "ratio": 1.0}}
+    for name in args.methods:
+        times = []
+        for _ in range(args.repeats):
+            clone = copy.deepcopy(model)
+            start = time.perf_counter()
+            ecprune.prune(clone, x, args.ratio, chunk_size=CHUNK, progress=False,
+                          **METHODS[name])
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        rows[name] = {"seconds": seconds, "ratio": seconds / gradient}
+    print(json.dumps({"machine": platform.processor() or platform.machine(),
+                      "threads": torch.get_num_threads(), "samples": args.samples,
+                      "ratio": args.ratio, "results": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

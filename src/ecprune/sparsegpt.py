@@ -1,0 +1,140 @@
+"""SparseGPT / Optimal Brain Compression for ``nn.Linear`` layers: the ``"sparsegpt"`` method.
+
+References: B. Hassibi and D. Stork, "Second order derivatives for network pruning: Optimal
+Brain Surgeon", NeurIPS 1993; E. Frantar and D. Alistarh, "Optimal Brain Compression", NeurIPS
+2022; E. Frantar and D. Alistarh, "SparseGPT: Massive language models can be accurately pruned
+in one-shot", ICML 2023.
+
+Each layer is pruned on its own quadratic problem: with ``x = [a, 1]`` the layer's inputs plus
+the bias's ones column (the bias is a coordinate that is never removed but is updated) and
+``H = E[x x^T] + damping * mean(diag) * I`` (``damping=0.01``, the paper's 1%), find a mask
+and new rows minimising ``(w - w') H (w - w')^T`` per row. Removing ``w_q`` with the optimal
+update of the other coordinates ``F`` of its row (OBS) costs ``w_q^2 / [H_F^-1]_qq`` and
+changes the row by ``-w_q / [H_F^-1]_qq * H_F^-1[:, q]``.
+
+SparseGPT visits the columns left to right and freezes each one once visited, so the update for
+column ``q`` reaches the columns ``F = {q, q+1, ...}`` only. It reads off the upper Cholesky
+factor ``U`` of ``H^-1`` (``H^-1 = U^T U``): the update is ``-(w_q / U_qq) U[q, q:]`` and the
+saliency ``w_q^2 / U_qq^2``. Masks are chosen per block of ``block_size`` columns (128 in the
+paper) from the saliencies at the start of the block, across all rows of the block ("adaptive
+mask selection"); the block's accumulated updates reach the later columns in one GEMM.
+Layers are pruned one after the other, from input to output, each on the inputs of the already
+pruned upstream network, as in the paper.
+
+Allocation **(choice)**: SparseGPT prunes every layer to the same sparsity, here
+``scope="layer"``. With ``scope="global"`` (the default) the per-layer counts come from one
+global ranking of the dense network's OBS costs scaled by ECP's mean output sensitivity of the
+row, ``E[s_i] w_ij^2 / [H^-1]_jj`` (see :class:`ecprune.criteria.SparseGPT`), so layers with
+cheap weights lose more. Within a layer the removals are spread over the blocks in proportion to
+the weights still present (cumulative rounding: the count is exact); weights already masked stay
+removed and count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .compensation import _lowest
+from .layers import effective_weight, keep_mask
+from .layerwise import BatchFactory, augmented_weight, damped, execution_order, write_layer
+from .statistics import ACCUMULATE_DTYPE, StatisticsRequest, collect_statistics
+
+
+def _layer_hessian(gram: torch.Tensor, has_bias: bool, damping: float) -> torch.Tensor:
+    """Damped ``H`` from ``sum [a,1]^T [a,1]`` (the ones row/column dropped without a bias)."""
+    if not has_bias:
+        gram = gram[:-1, :-1]
+    return damped(gram, damping)
+
+
+def _cholesky(matrix: torch.Tensor) -> torch.Tensor:
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) != 0:
+        raise ValueError(
+            "The layer's input Gram matrix is singular (a constant or duplicated input), so the "
+            "OBS updates are undefined. Pass 'damping' > 0 (SparseGPT uses 0.01)."
+        )
+    return factor
+
+
+def obs_saliency(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Tensor,
+                 damping: float) -> torch.Tensor:
+    """OBS cost ``w_ij^2 / [H^-1]_jj`` of removing each weight alone, all other coordinates of
+    its row (bias included) updated; ``H`` as in the module docstring, from ``gram``'s mean."""
+    count = gram[-1, -1]  # the ones column's square: the number of samples
+    inverse = torch.cholesky_inverse(_cholesky(
+        _layer_hessian(gram / count, bias is not None, damping)))
+    n_in = weight.shape[1]
+    return weight.to(ACCUMULATE_DTYPE).square() / inverse.diagonal()[None, :n_in]
+
+
+def block_quotas(present: torch.Tensor, prunable: torch.Tensor, count: int,
+                 bounds: list[tuple[int, int]]) -> list[int]:
+    """Removals per column block summing to ``count``: the weights already absent, plus the
+    rest spread in proportion to each block's present prunable weights."""
+    existing = [int((~present[:, a:b]).sum()) for a, b in bounds]
+    available = torch.tensor([int((present & prunable)[:, a:b].sum()) for a, b in bounds])
+    extra = count - sum(existing)
+    total = max(1, int(available.sum()))
+    cumulative = [0] + [round(extra * int(c) / total) for c in available.cumsum(0)]
+    return [e + cumulative[k + 1] - cumulative[k] for k, e in enumerate(existing)]
+
+
+def sparsegpt_rows(weight: torch.Tensor, present: torch.Tensor, prunable: torch.Tensor,
+                   hessian: torch.Tensor, count: int,
+                   block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT on rows ``weight`` (n_out, n) with ``hessian`` (n, n); returns the updated
+    rows (float64, removed entries exactly 0) and the removal mask (n_out, n)."""
+    rows = weight.to(ACCUMULATE_DTYPE).clone()
+    n = rows.shape[1]
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(_cholesky(hessian)), upper=True)
+    bounds = [(a, min(a + block_size, n)) for a in range(0, n, block_size)]
+    removed = torch.zeros_like(present)
+    for (a, b), quota in zip(bounds, block_quotas(present, prunable, count, bounds), strict=True):
+        block, factor = rows[:, a:b], upper[a:b, a:b]
+        saliency = block.square() / factor.diagonal().square()
+        saliency = torch.where(prunable[:, a:b], saliency, torch.inf)
+        chosen = _lowest(saliency.reshape(-1), present[:, a:b].reshape(-1), quota)
+        chosen = chosen.reshape(block.shape)
+        errors = torch.zeros_like(block)
+        for j in range(b - a):
+            errors[:, j] = torch.where(chosen[:, j], block[:, j], 0) / factor[j, j]
+            block[:, j:] -= errors[:, j, None] * factor[j, j:]
+        block[chosen] = 0
+        rows[:, b:] -= errors @ upper[a:b, b:]
+        removed[:, a:b] = chosen
+    return rows, removed
+
+
+def sparsegpt_layer(name: str, layer: nn.Linear, gram: torch.Tensor, count: int, *,
+                    damping: float, block_size: int) -> None:
+    """Prune ``layer`` in place to ``count`` removed weights (masked ones included)."""
+    has_bias = layer.bias is not None
+    rows = augmented_weight(effective_weight(layer), layer.bias if has_bias else None)
+    present = keep_mask(layer)
+    prunable = torch.ones_like(present)
+    if has_bias:
+        present = torch.cat([present, present.new_ones(len(present), 1)], 1)
+        prunable = torch.cat([prunable, prunable.new_zeros(len(prunable), 1)], 1)
+    hessian = _layer_hessian(gram / gram[-1, -1], has_bias, damping)
+    updated, removed = sparsegpt_rows(rows, present, prunable, hessian, count, block_size)
+    n_in = layer.in_features
+    write_layer(name, layer, updated[:, :n_in], updated[:, n_in] if has_bias else None,
+                ~removed[:, :n_in])
+
+
+def sparsegpt_layers(model: nn.Module, layers: dict[str, nn.Linear], counts: dict[str, int],
+                     batches: BatchFactory, *, damping: float = 0.01, block_size: int = 128,
+                     output_fn: Callable | None = None, progress: bool | None = None) -> None:
+    """Prune every layer to ``counts[name]`` removals, one after the other from the input,
+    each on the Gram matrix of its inputs in the network pruned so far (one pass each)."""
+    request = StatisticsRequest(gram=True)
+    for name in execution_order(model, layers, batches, output_fn):
+        layer = layers[name]
+        stats = collect_statistics(model, {name: layer}, batches(), request,
+                                   output_fn=output_fn, progress=progress)
+        sparsegpt_layer(name, layer, stats.layers[name].gram, counts[name], damping=damping,
+                        block_size=block_size)
