@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .beyond import BEYOND_MNIST, BEYOND_MNIST_QUICK
 from .config import ExperimentConfig
 from .job import Split
 from .mnist import MNIST, MNIST_QUICK, load_mnist_split
@@ -26,6 +27,8 @@ class Experiment:
 
 EXPERIMENTS: dict[str, Experiment] = {
     "mnist": Experiment(full=MNIST, quick=MNIST_QUICK, load=load_mnist_split),
+    "beyond-mnist": Experiment(full=BEYOND_MNIST, quick=BEYOND_MNIST_QUICK,
+                               load=load_mnist_split),
 }
 
 __all__ = ["EXPERIMENTS", "Experiment", "ExperimentConfig", "RunReport", "Split",

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import ecprune
+from .methods import check_labels
 
 # The paper's five baselines and ECP, plus the two ablations (score vs compensation).
 PAPER_METHODS = ("ecp", "nonlinear", "magnitude", "gradient", "random", "ecp-nocomp",
@@ -51,7 +51,9 @@ class ExperimentConfig:
     Every (variant, architecture, seed) is a job: train the dense network for ``epochs``, score
     it once per method, prune it at every ratio, fine-tune each pruned network for
     ``finetune_epochs`` with its mask frozen, and train the width-reduced dense baselines
-    ("fully-connected") for ``epochs + finetune_epochs`` from scratch.
+    ("fully-connected") for ``epochs + finetune_epochs`` from scratch. ``methods`` are labels
+    (:func:`~ecprune.experiments.methods.parse_label`: e.g. ``"ecp-steps10"``);
+    ``finetune=False`` stops after pruning (prune-only grids).
     """
 
     name: str
@@ -66,11 +68,10 @@ class ExperimentConfig:
     loss: str = "cross_entropy"
     nonlinear_samples: int = 1024
     fully_connected: bool = True
+    finetune: bool = True
 
     def __post_init__(self):
-        unknown = sorted(set(self.methods) - set(ecprune.METHODS))
-        if unknown:
-            raise ValueError(f"Unknown method(s) {unknown}; expected some of {ecprune.METHODS}.")
+        check_labels(self.methods)
         if not all(0 < r < 1 for r in self.ratios):
             raise ValueError(f"Ratios must lie in (0, 1); got {self.ratios}.")
         if self.loss not in LOSSES:
