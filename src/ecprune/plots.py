@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .experiments.summary import METRICS, Cell, Key, cells, unique
+from .experiments.summary import METRICS, Cell, Key, cells, phases, unique
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ STYLES: dict[str, Style] = {
     "fully-connected": Style("#8c564b", "*", "fully-connected (narrow)"),
     "sparsegpt": Style("#bcbd22", "<", "SparseGPT"),
     "wanda": Style("#393b79", ">", "Wanda"),
+    "ecp-steps10": Style("#8b0000", "d", "ECP, 10 steps"),
+    "ecp-refit-sensitivity": Style("#6a3d9a", "p", "ECP + weighted refit"),
+    "sparsegpt-refit": Style("#556b2f", "X", "SparseGPT + refit"),
 }
 # Methods not in the table get a colour of this palette chosen by a hash of their name.
 FALLBACK = plt.get_cmap("tab20b")
@@ -50,7 +53,6 @@ MINOR = matplotlib.ticker.FuncFormatter(
     lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
 # ECP is drawn over the baselines it often coincides with (non-linear, its own ablation).
 ON_TOP = {"ecp": 3}
-PHASE_TITLES = {"prune": "prune only", "finetune": "prune + fine-tune"}
 
 
 def style(method: str) -> Style:
@@ -86,21 +88,24 @@ def _draw_dense(ax, table: dict[Key, Cell], variant: str, arch: str) -> None:
 
 def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: str | Path,
                   variants: Sequence[str] | None = None, log: bool | None = None) -> Path:
-    """The paper's layout for one architecture: columns = prune only / prune + fine-tune,
-    rows = variants (e.g. noise levels); mean over seeds per method against the ratio, the
-    band spans the seeds' min-max, the dense network as a dashed line with its band."""
+    """The paper's layout for one architecture: columns = prune only / prune + fine-tune (the
+    phases present), rows = variants (e.g. noise levels); mean over seeds per method against
+    the ratio, the band spans the seeds' min-max, the dense network as a dashed line with its
+    band."""
     table = cells(rows, metric)
     variants = list(variants if variants is not None else unique(rows, "variant"))
     methods = [m for m in unique(rows, "method") if m != "dense"]
+    titles = phases(rows)
     log = metric == "test_loss" if log is None else log
-    fig, axes = plt.subplots(len(variants), 2, figsize=(11, 4.2 * len(variants)),
+    fig, axes = plt.subplots(len(variants), len(titles),
+                             figsize=(5.5 * len(titles) + 1.5, 4.2 * len(variants)),
                              squeeze=False)
     for row_axes, variant in zip(axes, variants, strict=True):
-        for ax, phase in zip(row_axes, PHASE_TITLES, strict=True):
+        for ax, phase in zip(row_axes, titles, strict=True):
             for method in methods:
                 _draw_method(ax, table, variant, arch, method, phase)
             _draw_dense(ax, table, variant, arch)
-            title = f"{arch}: {PHASE_TITLES[phase]}" + (f" ({variant})" if variant else "")
+            title = f"{arch}: {titles[phase]}" + (f" ({variant})" if variant else "")
             ax.set(title=title, xlabel="pruning ratio", ylabel=METRICS[metric])
             if log:
                 ax.set_yscale("log")
@@ -110,9 +115,10 @@ def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: s
     legend = {}
     for ax in axes.flat:
         legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
-    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(5, len(legend)),
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.1 / len(variants), 1, 1))
+    columns = min(5 if len(titles) > 1 else 3, len(legend))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=columns, frameon=False)
+    rows_of_legend = -(-len(legend) // columns)
+    fig.tight_layout(rect=(0, 0.05 * rows_of_legend / len(variants), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

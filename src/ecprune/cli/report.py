@@ -12,7 +12,8 @@ EPILOG = """examples:
   ecprune report results/mnist.csv          # figures next to the CSV
 
 Writes NAME_ARCH_loss.png (and NAME_ARCH_accuracy.png for classification) per architecture
-and NAME_summary.md, and prints the summary.
+and NAME_summary.md, and prints the summary; with NAME-timings.csv next to the CSV, the summary
+gives the pruning time in gradient passes.
 """
 
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
                          + "; expected a CSV written by `ecprune reproduce`.")
     out = Path(args.out) if args.out else path.parent
     figures = experiment_figures(rows, out)
-    summary = experiment_report(rows)
+    summary = experiment_report(rows, read_rows(path.with_name(f"{path.stem}-timings.csv")))
     summary_path = out / f"{path.stem}_summary.md"
     summary_path.write_text(summary)
     print(summary)

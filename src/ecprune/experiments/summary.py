@@ -169,10 +169,20 @@ def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
     return "\n".join(lines)
 
 
+PHASE_LABELS = {"prune": "prune only", "finetune": "prune + fine-tune"}
+
+
+def phases(rows: Iterable[dict[str, str]]) -> dict[str, str]:
+    """The pruning phases present in ``rows`` (a prune-only grid has no "finetune")."""
+    present = {row["phase"] for row in rows}
+    return {phase: label for phase, label in PHASE_LABELS.items() if phase in present}
+
+
 def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
     loss = cells(rows, "test_loss")
     accuracy = cells(rows, "test_accuracy")
     methods = [m for m in unique(rows, "method") if m != "dense"]
+    present = phases(rows)
     ratios = _ratios(loss, variant, arch, "prune") or _ratios(loss, variant, arch, "finetune")
     dense = loss[(variant, arch, "dense", "dense", 0.0)]
     title = f"{arch}" + (f", {variant}" if variant else "")
@@ -181,7 +191,7 @@ def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
            + (f", accuracy {accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean:.4f}"
               if accuracy else "") + f", {len(dense.values)} seeds.", ""]
     for metric, table in (("test loss", loss), ("test accuracy", accuracy)):
-        for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+        for phase, label in present.items():
             if table:
                 out += [f"### Mean {metric}, {label}", "",
                         markdown_table(table, variant=variant, arch=arch, phase=phase,
@@ -192,12 +202,13 @@ def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
         if (variant, arch, method, "prune", ratios[0]) in loss:
             by_test, by_band = no_change_ratios(loss, variant, arch, method)
             out.append(f"| {method} | {by_test:g} | {by_band:g} |")
-    for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+    for phase, label in present.items():
         out += ["", f"### Ranking by mean test loss, {label}", "",
                 winners_table(loss, variant, arch, phase)]
-    out += ["", "### ECP's test loss against dense, prune + fine-tune", "",
-            change_table(loss, variant, arch, "ecp", "finetune"), ""]
-    return out
+    if "finetune" in present:
+        out += ["", "### ECP's test loss against dense, prune + fine-tune", "",
+                change_table(loss, variant, arch, "ecp", "finetune")]
+    return [*out, ""]
 
 
 def scoring_seconds(rows: list[dict[str, str]]) -> str:
@@ -213,8 +224,34 @@ def scoring_seconds(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def experiment_report(rows: list[dict[str, str]]) -> str:
-    """The markdown summary of one results CSV: tables and significance per architecture."""
+def cost_table(rows: list[dict[str, str]], timings: list[dict[str, str]]) -> str:
+    """Mean over seeds of each method's pruning seconds (``score_seconds``: scoring, steps and
+    weight updates) divided by the same job's gradient pass, per architecture and ratio; empty
+    when the timings hold no "gradient-pass" unit."""
+    unit = {(t["variant"], t["arch"], t["seed"]): float(t["seconds"]) for t in timings
+            if t["unit"] == "gradient-pass"}
+    ratios: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    for row in rows:
+        job = (row["variant"], row["arch"], row["seed"])
+        if row["phase"] == "prune" and row.get("score_seconds") and unit.get(job):
+            key = (row["arch"], row["method"], float(row["ratio"]))
+            ratios[key].append(float(row["score_seconds"]) / unit[job])
+    if not ratios:
+        return ""
+    columns = sorted({key[2] for key in ratios})
+    lines = ["| architecture | method | " + " | ".join(f"{r:g}" for r in columns) + " |",
+             "|" + " --- |" * (len(columns) + 2)]
+    for arch, method in dict.fromkeys(key[:2] for key in ratios):
+        entries = [f"{np.mean(ratios[(arch, method, r)]):.1f}" if (arch, method, r) in ratios
+                   else "" for r in columns]
+        lines.append(f"| {arch} | {method} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def experiment_report(rows: list[dict[str, str]],
+                      timings: list[dict[str, str]] | None = None) -> str:
+    """The markdown summary of one results CSV: tables and significance per architecture, and
+    the cost of pruning in gradient passes when ``timings`` (the timings CSV) are given."""
     out = []
     for experiment in unique(rows, "experiment"):
         mine = [row for row in rows if row["experiment"] == experiment]
@@ -227,4 +264,10 @@ def experiment_report(rows: list[dict[str, str]]) -> str:
                 out += _section([r for r in mine if (r["variant"], r["arch"]) == (variant, arch)],
                                 variant, arch)
         out += ["## Scoring time", "", scoring_seconds(mine), ""]
+        cost = cost_table(mine, [t for t in timings or [] if t["experiment"] == experiment])
+        if cost:
+            out += ["## Pruning time in gradient passes (mean over seeds, per ratio)", "",
+                    "Seconds to prune the dense network to each ratio (scoring, every step and "
+                    "weight update) over the seconds of one forward + backward pass over the "
+                    "training set, measured in the same job.", "", cost, ""]
     return "\n".join(out)
