@@ -134,7 +134,8 @@ class JobRunner:
 
     def settings(self, epochs: int, stream: int = 0) -> TrainSettings:
         return TrainSettings(epochs=epochs, batch_size=self.config.batch_size,
-                             loss=self.config.loss, seed=self.job.seed + stream)
+                             loss=self.config.loss, seed=self.job.seed + stream,
+                             lr=self.config.lr, lr_decay=self.config.lr_decay)
 
     def evaluation_rows(self, model: StackedMLP, cells: list[tuple[str, float]], phase: str,
                         epochs: int, extra: dict | None = None) -> list[dict]:
@@ -184,7 +185,7 @@ class JobRunner:
         if path.is_file():
             return _load_importances(path)
         data = TensorDataset(self.split.x_train, self.split.y_train)
-        scores = ecprune.importance(dense, data, method, seed=self.job.seed,
+        scores = ecprune.importance(dense, data, method, seed=self.job.seed, loss=self.config.loss,
                                     nonlinear_samples=self.config.nonlinear_samples,
                                     progress=False)
         self.record_time(f"score-{method}", 1, 0, scores.seconds)
