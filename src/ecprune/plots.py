@@ -138,3 +138,42 @@ def experiment_figures(rows: list[dict[str, str]], out: str | Path) -> list[Path
                 paths.append(metric_figure([r for r in mine if r["arch"] == arch], arch=arch,
                                            metric=metric, path=Path(out) / name))
     return paths
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """One row of :func:`snapshot_figure`: data and predictions (n_times, n_points) on a grid."""
+
+    title: str
+    x: Sequence[float]
+    times: Sequence[float]
+    data: object
+    predictions: dict[str, object]
+
+
+def snapshot_figure(rows: Sequence[SnapshotRow], *, columns: Sequence[int],
+                    path: str | Path, ylabel: str = "u") -> Path:
+    """Data (dots) against predictions (lines) at the time indices ``columns``, one figure
+    row per :class:`SnapshotRow`."""
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.3 * len(columns),
+                                                                2.8 * len(rows)),
+                             squeeze=False, sharex=True)
+    palette = plt.get_cmap("tab10")
+    for row_axes, row in zip(axes, rows, strict=True):
+        for ax, column in zip(row_axes, columns, strict=True):
+            ax.plot(row.x, row.data[column], ".", color="black", markersize=3, label="data")
+            for k, (label, values) in enumerate(row.predictions.items()):
+                ax.plot(row.x, values[column], color=palette(k), linewidth=1.3, label=label)
+            ax.set_title(f"{row.title}, t = {row.times[column]:g}", fontsize=9)
+            ax.grid(alpha=0.3)
+        row_axes[0].set_ylabel(ylabel)
+    for ax in axes[-1]:
+        ax.set_xlabel("x")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 / len(rows) + 0.02, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

@@ -6,12 +6,16 @@ of the kept weights, the default plain fit) and ``ecp-refit-sensitivity`` (the f
 ECP's output sensitivity), ``sparsegpt``, ``wanda`` (per-row scope), ``ecp-steps10`` (ECP in ten
 steps, re-scored after each) and plain ``ecp``; ``sparsegpt-refit`` (SparseGPT's selection and
 update, then the same refit) tests whether OBS saliency selects better once weights are refit.
+
+``beyond-diffsorp``: the same labels on the diffusion-sorption experiment's two networks
+(68-32-32-32-1 and 68-64-32-32-16-16-1, MSE, its training protocol) at noise level d = 0.005.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from .diffsorp import ARCHITECTURES, DIFFSORP, noise_variant
 from .mnist import MNIST
 
 BEYOND_METHODS = ("ecp", "wanda", "sparsegpt", "ecp-refit", "ecp-steps10",
@@ -25,3 +29,9 @@ BEYOND_MNIST = replace(MNIST, name="beyond-mnist", architectures=((784, 64, 64, 
 # One seed, two ratios, 2 epochs of the smaller network: every label once, in a few minutes.
 BEYOND_MNIST_QUICK = replace(BEYOND_MNIST, architectures=((784, 32, 32, 10),), seeds=(0,),
                              ratios=(0.5, 0.9), epochs=2)
+
+BEYOND_DIFFSORP = replace(DIFFSORP, name="beyond-diffsorp", variants=(noise_variant(0.005),),
+                          methods=BEYOND_METHODS, ratios=BEYOND_RATIOS, finetune=False,
+                          fully_connected=False)
+BEYOND_DIFFSORP_QUICK = replace(BEYOND_DIFFSORP, architectures=ARCHITECTURES[1:], seeds=(0,),
+                                ratios=(0.5, 0.9), epochs=2)

@@ -138,7 +138,8 @@ class JobRunner:
 
     def settings(self, epochs: int, stream: int = 0) -> TrainSettings:
         return TrainSettings(epochs=epochs, batch_size=self.config.batch_size,
-                             loss=self.config.loss, seed=self.job.seed + stream)
+                             loss=self.config.loss, seed=self.job.seed + stream,
+                             lr=self.config.lr, lr_decay=self.config.lr_decay)
 
     def evaluation_rows(self, model: StackedMLP, cells: list[tuple[str, float]], phase: str,
                         epochs: int, extras: list[dict] | None = None) -> list[dict]:
@@ -192,12 +193,19 @@ class JobRunner:
         if path.is_file():
             return _load_importances(path)
         data = TensorDataset(self.split.x_train, self.split.y_train)
-        scores = ecprune.importance(dense, data, method, seed=self.job.seed,
+        scores = ecprune.importance(dense, data, method, seed=self.job.seed, loss=self.config.loss,
                                     nonlinear_samples=self.config.nonlinear_samples,
                                     progress=False)
         self.record_time(f"score-{method}", 1, 0, scores.seconds)
         _save_importances(scores, path)
         return scores
+
+    def pruned(self, dense: torch.nn.Sequential, scores: Importances,
+               ratio: float) -> torch.nn.Sequential:
+        """A copy of ``dense`` pruned to ``ratio`` from precomputed ``scores``."""
+        model = copy.deepcopy(dense)
+        ecprune.prune_by_importance(model, scores, ratio)
+        return model
 
     def prune_only(self, dense: torch.nn.Sequential, label: str) -> Pruned:
         """Prune with method ``label`` at every ratio lacking a "prune" row and write them."""
@@ -268,9 +276,7 @@ class Pruned:
     def get(self, ratio: float) -> tuple[torch.nn.Sequential, float]:
         """The network pruned to ``ratio`` and the seconds its pruning took."""
         if self.scores is not None:
-            model = copy.deepcopy(self.dense)
-            ecprune.prune_by_importance(model, self.scores, ratio)
-            return model, self.scores.seconds
+            return self.runner.pruned(self.dense, self.scores, ratio), self.scores.seconds
         path = self.runner.checkpoints / f"pruned-{self.label}-{format_ratio(ratio)}.pt"
         if path.is_file():
             state = torch.load(path, map_location=self.runner.device, weights_only=True)
@@ -280,7 +286,7 @@ class Pruned:
         split, config = self.runner.split, self.runner.config
         model, seconds = prune_copy(self.dense, TensorDataset(split.x_train, split.y_train),
                                     ratio, self.spec, seed=self.runner.job.seed,
-                                    nonlinear_samples=config.nonlinear_samples)
+                                    loss=config.loss, nonlinear_samples=config.nonlinear_samples)
         self.runner.record_time(f"prune-{self.label}-{format_ratio(ratio)}", 1, 0, seconds)
         torch.save({"model": model.state_dict(), "seconds": seconds}, path)
         return model, seconds

@@ -75,12 +75,12 @@ def check_labels(labels: tuple[str, ...]) -> None:
 
 
 def prune_copy(dense: nn.Module, data: object, ratio: float, spec: MethodSpec, *,
-               seed: int, nonlinear_samples: int) -> tuple[nn.Module, float]:
+               seed: int, loss: str, nonlinear_samples: int) -> tuple[nn.Module, float]:
     """A copy of ``dense`` pruned to ``ratio`` by ``spec`` on ``data``, and the seconds spent
     (scoring, every step and every weight update)."""
     model = copy.deepcopy(dense)
     start = time.perf_counter()
-    ecprune.prune(model, data, ratio, spec.method, steps=spec.steps, seed=seed,
+    ecprune.prune(model, data, ratio, spec.method, steps=spec.steps, seed=seed, loss=loss,
                   nonlinear_samples=nonlinear_samples, progress=False, **dict(spec.options))
     if spec.refit:
         dtype, device = model_dtype_device(model)

@@ -24,19 +24,30 @@ EVAL_CHUNK = 2048
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Mini-batch Adam (PyTorch defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8)."""
+    """Mini-batch Adam (PyTorch defaults: betas (0.9, 0.999), eps 1e-8).
+
+    The learning rate of epoch ``e`` (0-based) is ``lr * lr_decay ** (e / (epochs - 1))``: a
+    geometric decay from ``lr`` to ``lr * lr_decay`` over the run (``lr_decay=1``: constant).
+    It depends on the epoch index only, so a resumed run follows the same schedule.
+    """
 
     epochs: int
     batch_size: int
     loss: str
     seed: int
+    lr: float = 1e-3
+    lr_decay: float = 1.0
+
+    def learning_rate(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (0-based)."""
+        return self.lr * self.lr_decay ** (epoch / max(1, self.epochs - 1))
 
 
-def _optimizer(model: StackedMLP) -> torch.optim.Adam:
+def _optimizer(model: StackedMLP, lr: float) -> torch.optim.Adam:
     # fused=True: one kernel per step over all parameters; the elementwise optimizer work is
     # otherwise a large share of a step for K stacked networks (see benchmarks/).
     fused = model.weights[0].device.type in ("cpu", "cuda")
-    return torch.optim.Adam(model.parameters(), fused=fused)
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
 
 
 def _load_checkpoint(model: StackedMLP, optimizer: torch.optim.Optimizer,
@@ -65,7 +76,7 @@ def train(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, settings: TrainSe
     from there; the file is removed when training completes.
     """
     start = time.perf_counter()
-    optimizer = _optimizer(model)
+    optimizer = _optimizer(model, settings.lr)
     done = _load_checkpoint(model, optimizer, checkpoint)
     generator = torch.Generator().manual_seed(settings.seed)
     model.train()
@@ -73,6 +84,8 @@ def train(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, settings: TrainSe
         order = torch.randperm(len(x), generator=generator).to(x.device)
         if epoch < done:
             continue
+        for group in optimizer.param_groups:
+            group["lr"] = settings.learning_rate(epoch)
         for batch in order.split(settings.batch_size):
             optimizer.zero_grad(set_to_none=True)
             losses = stacked_losses(model(x[batch]), y[batch], settings.loss)
