@@ -14,7 +14,7 @@ import ecprune
 from ecprune.experiments import EXPERIMENTS
 from ecprune.experiments.beyond import BEYOND_MNIST, BEYOND_MNIST_QUICK
 from ecprune.experiments.config import weight_count
-from ecprune.experiments.job import Job, JobRunner, Pruned
+from ecprune.experiments.job import Job, JobRunner, Pruned, Split
 from ecprune.experiments.methods import MethodSpec, parse_label
 from ecprune.experiments.runner import run_experiment
 from ecprune.experiments.store import TIMING_FIELDS, CsvStore, ResultsStore, read_rows
@@ -121,3 +121,26 @@ def test_cost_is_seconds_over_the_same_jobs_gradient_pass(quick_run):
     _, report = quick_run
     text = experiment_report(read_rows(report.results), read_rows(report.timings))
     assert "Pruning time in gradient passes" in text and "prune + fine-tune" not in text
+
+
+def test_beyond_diffsorp_is_the_issue_grid():
+    full = EXPERIMENTS["beyond-diffsorp"].full
+    assert full.variants == ("noise=0.005",) and full.loss == "mse" and not full.finetune
+    assert (68, 64, 32, 32, 16, 16, 1) in full.architectures
+    assert full.methods == BEYOND_MNIST.methods and full.ratios == BEYOND_MNIST.ratios
+
+
+def regression_split(variant: str = "") -> Split:
+    """A smooth function of 5 inputs: a regression task for the MSE path."""
+    del variant
+    x = torch.randn(120, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2] * x[:, 2:3]
+    return Split(x[:80], y[:80], x[80:], y[80:])
+
+
+def test_regression_grid_prunes_every_label(tmp_path):
+    config = replace(TINY_BEYOND, architectures=((5, 8, 4, 1),), loss="mse", ratios=(0.7,))
+    report = run_experiment(config, regression_split, out=tmp_path, progress=False)
+    rows = read_rows(report.results)
+    assert report.computed == 1 + len(config.methods)
+    assert all(row["test_accuracy"] == "" and float(row["test_loss"]) > 0 for row in rows)
