@@ -59,7 +59,7 @@ def quick_run(tmp_path_factory):
 def test_quick_grid_is_prune_only_with_exact_counts(quick_run):
     _, report = quick_run
     rows = read_rows(report.results)
-    assert report.cells == report.computed == len(rows) == 1 + 7 * 2
+    assert report.cells == report.computed == len(rows) == 1 + len(TINY_BEYOND.methods) * 2
     assert {r["phase"] for r in rows} == {"dense", "prune"}
     total = weight_count((5, 6, 4, 3))
     for row in rows[1:]:
