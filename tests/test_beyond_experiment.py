@@ -33,7 +33,7 @@ def test_labels_parse_to_the_library_call():
     assert parse_label("ecp-refit-steps3") == MethodSpec("ecp-refit", steps=3)
     assert parse_label("ecp-refit-sensitivity") == MethodSpec(
         "ecp-refit", options=(("refit_weighting", "sensitivity"),))
-    assert parse_label("sparsegpt-refit-steps2") == MethodSpec("sparsegpt", steps=2, refit=True)
+    assert parse_label("sparsegpt-refit-steps2") == MethodSpec("sparsegpt-refit", steps=2)
     for bad in ("obd", "ecp-steps0", "ecp-steps", "obd-steps3"):
         assert parse_label(bad) is None
     with pytest.raises(ValueError, match=r"Unknown method\(s\) \['ecp-steps0'\]"):

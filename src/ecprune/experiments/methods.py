@@ -18,34 +18,26 @@ from torch import nn
 
 import ecprune
 from ecprune.api import PRUNE_STEPS
-from ecprune.batching import iter_batches
-from ecprune.layers import model_dtype_device, select_layers
-from ecprune.refit import refit_layers
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """How one label prunes: ``method`` with ``options``, in ``steps`` steps; ``refit``: then
-    refit every layer's kept weights toward the dense network (:mod:`ecprune.refit`), the
-    combination "another selection + ECP's refit" of the beyond-the-paper study."""
+    """How one label prunes: ``method`` with ``options``, in ``steps`` steps."""
 
     method: str
     steps: int = 1
     options: tuple[tuple[str, object], ...] = ()
-    refit: bool = False
 
     @property
     def scores_once(self) -> bool:
         """Scored once, pruned at every ratio from those scores (no data-driven update)."""
-        return (self.steps == 1 and not self.options and not self.refit
-                and self.method not in PRUNE_STEPS)
+        return self.steps == 1 and not self.options and self.method not in PRUNE_STEPS
 
 
 # Named variants: a library method with options (issue 9's comparison).
 VARIANTS: dict[str, MethodSpec] = {
     "ecp-refit-sensitivity": MethodSpec("ecp-refit",
                                         options=(("refit_weighting", "sensitivity"),)),
-    "sparsegpt-refit": MethodSpec("sparsegpt", refit=True),
 }
 STEPS = re.compile(r"(?P<base>.+)-steps(?P<steps>[1-9]\d*)")
 
@@ -54,15 +46,14 @@ def parse_label(label: str) -> MethodSpec | None:
     """The :class:`MethodSpec` of ``label``, or None if it names no method.
 
     >>> parse_label("ecp-steps10")
-    MethodSpec(method='ecp', steps=10, options=(), refit=False)
+    MethodSpec(method='ecp', steps=10, options=())
     """
     match = STEPS.fullmatch(label)
     base, steps = (match["base"], int(match["steps"])) if match else (label, 1)
     if base in ecprune.METHODS:
         return MethodSpec(base, steps=steps)
     if base in VARIANTS:
-        return MethodSpec(VARIANTS[base].method, steps, VARIANTS[base].options,
-                          VARIANTS[base].refit)
+        return MethodSpec(VARIANTS[base].method, steps, VARIANTS[base].options)
     return None
 
 
@@ -82,11 +73,6 @@ def prune_copy(dense: nn.Module, data: object, ratio: float, spec: MethodSpec, *
     start = time.perf_counter()
     ecprune.prune(model, data, ratio, spec.method, steps=spec.steps, seed=seed, loss=loss,
                   nonlinear_samples=nonlinear_samples, progress=False, **dict(spec.options))
-    if spec.refit:
-        dtype, device = model_dtype_device(model)
-        refit_layers(model, dense, select_layers(model, None),
-                     lambda: iter_batches(data, chunk_size=ecprune.Options.chunk_size,
-                                          device=device, dtype=dtype))
     return model, time.perf_counter() - start
 
 
