@@ -80,7 +80,8 @@ def test_report_mentions_every_method_and_the_dense_line():
 def test_every_method_has_its_own_colour_and_marker():
     methods = ["ecp", "nonlinear", "magnitude", "gradient", "random", "ecp-nocomp",
                "magnitude-comp", "fully-connected", "ecp-refit", "sparsegpt", "wanda",
-               "ecp-steps10", "ecp-refit-sensitivity", "sparsegpt-refit", "ecp-refit-steps3"]
+               "ecp-steps10", "ecp-refit-sensitivity", "sparsegpt-refit", "ecp-refit-steps3",
+               "sparsegpt-refit-steps3"]
     assert set(methods) <= set(STYLES)
     assert len({STYLES[m].colour for m in methods}) == len(methods)
     assert len({STYLES[m].marker for m in methods}) == len(methods)
