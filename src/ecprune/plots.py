@@ -44,8 +44,8 @@ STYLES: dict[str, Style] = {
     "ecp-steps10": Style("#8b0000", "d", "ECP, 10 steps"),
     "ecp-refit-sensitivity": Style("#6a3d9a", "p", "ECP + weighted refit"),
     "sparsegpt-refit": Style("#556b2f", "X", "SparseGPT + refit"),
-    "ecp-refit-steps3": Style("#ff1493", "8", "ECP + refit, 3 steps"),
-    "sparsegpt-refit-steps3": Style("#00ced1", "H", "SparseGPT + refit, 3 steps"),
+    "ecp-refit-steps3": Style("#008080", "8", "ECP + refit, 3 steps"),
+    "sparsegpt-refit-steps3": Style("#9acd32", "H", "SparseGPT + refit, 3 steps"),
 }
 # Methods not in the table get a colour of this palette chosen by a hash of their name.
 FALLBACK = plt.get_cmap("tab20b")

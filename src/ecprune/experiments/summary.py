@@ -85,8 +85,17 @@ def compare(first: Cell, second: Cell, *, paired: bool) -> float:
     return _ttest(list(first.values.values()), list(second.values.values()), paired=False)
 
 
+def number(value: float) -> str:
+    """Four decimals, or three significant digits below 0.01 (small regression losses).
+
+    >>> number(0.97431), number(2.46e-05)
+    ('0.9743', '2.46e-05')
+    """
+    return f"{value:.4f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"
+
+
 def markdown_table(table: dict[Key, Cell], *, variant: str, arch: str, phase: str,
-                   methods: Sequence[str], ratios: Sequence[float], digits: int = 4) -> str:
+                   methods: Sequence[str], ratios: Sequence[float]) -> str:
     """Methods x ratios of the mean over seeds, the lowest loss per ratio in bold."""
     header = "| method | " + " | ".join(f"{r:g}" for r in ratios) + " |"
     lines = [header, "|" + " --- |" * (len(ratios) + 1)]
@@ -94,7 +103,7 @@ def markdown_table(table: dict[Key, Cell], *, variant: str, arch: str, phase: st
         entries = []
         for ratio in ratios:
             cell = table.get((variant, arch, method, phase, ratio))
-            entries.append("" if cell is None else f"{cell.mean:.{digits}f}")
+            entries.append("" if cell is None else number(cell.mean))
         if any(entries):
             lines.append(f"| {method} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
@@ -149,8 +158,8 @@ def winners_table(table: dict[Key, Cell], variant: str, arch: str, phase: str,
         if len(ranked) < 2 or method not in names:
             continue
         first, second = ranked[0], ranked[1]
-        lines.append(f"| {ratio:g} | {first[0]} {first[1].mean:.4f} | {second[0]} "
-                     f"{second[1].mean:.4f} | {names.index(method) + 1} of {len(names)} | "
+        lines.append(f"| {ratio:g} | {first[0]} {number(first[1].mean)} | {second[0]} "
+                     f"{number(second[1].mean)} | {names.index(method) + 1} of {len(names)} | "
                      f"{_p(first, second):.3g} |")
     return "\n".join(lines)
 
@@ -164,7 +173,7 @@ def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
         cell = table.get((variant, arch, method, phase, ratio))
         if cell is not None:
             change = (cell.mean - dense.mean) / dense.mean
-            lines.append(f"| {ratio:g} | {cell.mean:.4f} | {change:+.1%} | "
+            lines.append(f"| {ratio:g} | {number(cell.mean)} | {change:+.1%} | "
                          f"{compare(cell, dense, paired=True):.3g} |")
     return "\n".join(lines)
 
@@ -187,8 +196,9 @@ def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
     dense = loss[(variant, arch, "dense", "dense", 0.0)]
     title = f"{arch}" + (f", {variant}" if variant else "")
     out = [f"## {title}", "",
-           f"Dense: test loss {dense.mean:.4f} (seeds {dense.low:.4f}-{dense.high:.4f})"
-           + (f", accuracy {accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean:.4f}"
+           f"Dense: test loss {number(dense.mean)} (seeds {number(dense.low)}-"
+           f"{number(dense.high)})"
+           + (f", accuracy {number(accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean)}"
               if accuracy else "") + f", {len(dense.values)} seeds.", ""]
     for metric, table in (("test loss", loss), ("test accuracy", accuracy)):
         for phase, label in present.items():
