@@ -39,11 +39,13 @@ diffsorp: $(STAMP)
 
 # Beyond the paper (docs/beyond.md): weight refit, SparseGPT, Wanda and iterative ECP, prune
 # only, on MNIST and diffusion-sorption (noise 0.005); resumable like the others.
+BEYOND_PAIRS := --compare ecp-refit-sensitivity ecp-refit --compare sparsegpt-refit ecp-refit \
+	--compare sparsegpt-refit-steps3 ecp-refit-steps3 --compare ecp-refit-steps3 ecp-refit
 beyond: $(STAMP)
 	$(BIN)/ecprune reproduce beyond-mnist --out docs/results --workers 2 --threads 1
 	$(BIN)/ecprune reproduce beyond-diffsorp --out docs/results --workers 2 --threads 1
-	$(BIN)/ecprune report docs/results/beyond-mnist.csv --out docs/figures
-	$(BIN)/ecprune report docs/results/beyond-diffsorp.csv --out docs/figures
+	$(BIN)/ecprune report docs/results/beyond-mnist.csv --out docs/figures $(BEYOND_PAIRS)
+	$(BIN)/ecprune report docs/results/beyond-diffsorp.csv --out docs/figures $(BEYOND_PAIRS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -48,6 +48,7 @@ TOY = rows_for({
     ("ecp", "finetune", 0.5): [0.8, 0.81, 0.79, 0.8, 0.82],
     ("random", "finetune", 0.5): [0.9, 0.95, 0.85, 0.9, 0.93],
 })
+TOY_CELLS = cells(TOY)
 
 
 def test_paired_t_test_matches_its_definition():
@@ -142,3 +143,17 @@ def test_quick_mnist_end_to_end(tmp_path, capsys):
     assert main(["report", str(tmp_path / "mnist.csv")]) == 0
     assert (tmp_path / "mnist_784-32-32-10_loss.png").is_file()
     assert "cells computed" in capsys.readouterr().out
+
+
+def test_compare_gives_the_change_and_the_paired_p_value_per_ratio(tmp_path, capsys):
+    text = experiment_report(TOY, pairs=[("ecp", "random")])
+    section = text.split("### ecp against random: test loss, prune only")[1].split("###")[0]
+    ecp, rnd = TOY_CELLS[("", "4-3-2", "ecp", "prune", 0.5)], TOY_CELLS[("", "4-3-2", "random",
+                                                                       "prune", 0.5)]
+    p = stats.ttest_rel(list(ecp.values.values()), list(rnd.values.values())).pvalue
+    change = (ecp.mean - rnd.mean) / rnd.mean
+    assert f"| 0.5 | {ecp.mean:.4f} | {change:+.2%} | {p:.3g} |" in section
+    store = ResultsStore(tmp_path / "toy.csv")
+    store.append(TOY)
+    assert main(["report", str(store.path), "--compare", "ecp", "magnitude"]) == 2
+    assert "no rows of method(s) ['magnitude']" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from ..experiments.store import RESULT_FIELDS, read_rows
 EPILOG = """examples:
   ecprune report docs/results/mnist.csv --out docs/figures
   ecprune report results/mnist.csv          # figures next to the CSV
+  ecprune report docs/results/beyond-mnist.csv --compare ecp-refit sparsegpt-refit
 
 Writes NAME_ARCH_loss.png (and NAME_ARCH_accuracy.png for classification) per architecture
 and NAME_summary.md, and prints the summary; with NAME-timings.csv next to the CSV, the summary
@@ -32,7 +33,12 @@ def run(args: argparse.Namespace) -> int:
                          + "; expected a CSV written by `ecprune reproduce`.")
     out = Path(args.out) if args.out else path.parent
     figures = experiment_figures(rows, out)
-    summary = experiment_report(rows, read_rows(path.with_name(f"{path.stem}-timings.csv")))
+    pairs = [tuple(pair) for pair in args.compare or []]
+    unknown = sorted({m for pair in pairs for m in pair} - {row["method"] for row in rows})
+    if unknown:
+        raise ValueError(f"--compare: no rows of method(s) {unknown} in {path}.")
+    summary = experiment_report(rows, read_rows(path.with_name(f"{path.stem}-timings.csv")),
+                                pairs)
     summary_path = out / f"{path.stem}_summary.md"
     summary_path.write_text(summary)
     print(summary)
@@ -51,4 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("results", help="results CSV written by `ecprune reproduce`")
     parser.add_argument("--out", default=None,
                         help="directory for figures and summary (default: the CSV's)")
+    parser.add_argument("--compare", nargs=2, action="append", metavar=("METHOD", "REFERENCE"),
+                        help="also compare METHOD with REFERENCE per ratio, paired over seeds "
+                             "(repeatable)")
     parser.set_defaults(run=run)

@@ -165,16 +165,20 @@ def winners_table(table: dict[Key, Cell], variant: str, arch: str, phase: str,
 
 
 def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
-                 phase: str) -> str:
-    """Per ratio: ``method``'s mean loss, its change relative to dense, paired p-value."""
+                 phase: str, reference: str | None = None) -> str:
+    """Per ratio: ``method``'s mean, its change relative to ``reference`` (that method at the
+    same ratio and phase; None: the dense network) and the paired p-value."""
     dense = table[(variant, arch, "dense", "dense", 0.0)]
-    lines = ["| ratio | mean | vs dense | p (paired) |", "| --- | --- | --- | --- |"]
+    digits = 1 if reference is None else 2  # two methods often differ by less than 0.1 %
+    lines = [f"| ratio | mean | vs {reference or 'dense'} | p (paired) |",
+             "| --- | --- | --- | --- |"]
     for ratio in _ratios(table, variant, arch, phase):
         cell = table.get((variant, arch, method, phase, ratio))
-        if cell is not None:
-            change = (cell.mean - dense.mean) / dense.mean
-            lines.append(f"| {ratio:g} | {number(cell.mean)} | {change:+.1%} | "
-                         f"{compare(cell, dense, paired=True):.3g} |")
+        base = dense if reference is None else table.get((variant, arch, reference, phase, ratio))
+        if cell is not None and base is not None:
+            change = (cell.mean - base.mean) / base.mean
+            lines.append(f"| {ratio:g} | {number(cell.mean)} | {change:+.{digits}%} | "
+                         f"{compare(cell, base, paired=True):.3g} |")
     return "\n".join(lines)
 
 
@@ -187,7 +191,20 @@ def phases(rows: Iterable[dict[str, str]]) -> dict[str, str]:
     return {phase: label for phase, label in PHASE_LABELS.items() if phase in present}
 
 
-def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
+def _pairs(tables: dict[str, dict[Key, Cell]], present: dict[str, str], variant: str,
+           arch: str, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    out = []
+    for method, reference in pairs:
+        for metric, table in tables.items():
+            for phase, label in present.items():
+                if table:
+                    out += [f"### {method} against {reference}: {metric}, {label}", "",
+                            change_table(table, variant, arch, method, phase, reference), ""]
+    return out
+
+
+def _section(rows: list[dict[str, str]], variant: str, arch: str,
+             pairs: Sequence[tuple[str, str]] = ()) -> list[str]:
     loss = cells(rows, "test_loss")
     accuracy = cells(rows, "test_accuracy")
     methods = [m for m in unique(rows, "method") if m != "dense"]
@@ -218,7 +235,8 @@ def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
     if "finetune" in present:
         out += ["", "### ECP's test loss against dense, prune + fine-tune", "",
                 change_table(loss, variant, arch, "ecp", "finetune")]
-    return [*out, ""]
+    tables = {"test loss": loss, "test accuracy": accuracy}
+    return [*out, "", *_pairs(tables, present, variant, arch, pairs)]
 
 
 def scoring_seconds(rows: list[dict[str, str]]) -> str:
@@ -258,10 +276,11 @@ def cost_table(rows: list[dict[str, str]], timings: list[dict[str, str]]) -> str
     return "\n".join(lines)
 
 
-def experiment_report(rows: list[dict[str, str]],
-                      timings: list[dict[str, str]] | None = None) -> str:
-    """The markdown summary of one results CSV: tables and significance per architecture, and
-    the cost of pruning in gradient passes when ``timings`` (the timings CSV) are given."""
+def experiment_report(rows: list[dict[str, str]], timings: list[dict[str, str]] | None = None,
+                      pairs: Sequence[tuple[str, str]] = ()) -> str:
+    """The markdown summary of one results CSV: tables and significance per architecture, the
+    cost of pruning in gradient passes when ``timings`` (the timings CSV) are given, and for
+    every ``(method, reference)`` of ``pairs`` the change and paired p-value per ratio."""
     out = []
     for experiment in unique(rows, "experiment"):
         mine = [row for row in rows if row["experiment"] == experiment]
@@ -272,7 +291,7 @@ def experiment_report(rows: list[dict[str, str]],
         for variant in unique(mine, "variant"):
             for arch in unique(mine, "arch"):
                 out += _section([r for r in mine if (r["variant"], r["arch"]) == (variant, arch)],
-                                variant, arch)
+                                variant, arch, pairs)
         out += ["## Scoring time", "", scoring_seconds(mine), ""]
         cost = cost_table(mine, [t for t in timings or [] if t["experiment"] == experiment])
         if cost:
