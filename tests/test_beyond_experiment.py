@@ -117,6 +117,8 @@ def test_cost_is_seconds_over_the_same_jobs_gradient_pass(quick_run):
     timings = [{"variant": "", "arch": "a", "seed": str(s), "unit": "gradient-pass",
                 "seconds": str(2.0 * (s + 1))} for s in range(2)]
     assert cost_table(rows, timings).splitlines()[-1] == "| a | m | 3.0 |"
+    again = [{**timings[0], "seconds": "4.0"}]  # seed 0's job resumed: mean pass 3 s
+    assert cost_table(rows, timings + again).splitlines()[-1] == "| a | m | 2.5 |"
     assert cost_table(rows, []) == ""
     _, report = quick_run
     text = experiment_report(read_rows(report.results), read_rows(report.timings))

@@ -254,10 +254,14 @@ def scoring_seconds(rows: list[dict[str, str]]) -> str:
 
 def cost_table(rows: list[dict[str, str]], timings: list[dict[str, str]]) -> str:
     """Mean over seeds of each method's pruning seconds (``score_seconds``: scoring, steps and
-    weight updates) divided by the same job's gradient pass, per architecture and ratio; empty
-    when the timings hold no "gradient-pass" unit."""
-    unit = {(t["variant"], t["arch"], t["seed"]): float(t["seconds"]) for t in timings
-            if t["unit"] == "gradient-pass"}
+    weight updates) divided by the same job's gradient pass (the mean of its measurements when
+    a resumed job measured it again), per architecture and ratio; empty when the timings hold
+    no "gradient-pass" unit."""
+    passes: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for t in timings:
+        if t["unit"] == "gradient-pass":
+            passes[(t["variant"], t["arch"], t["seed"])].append(float(t["seconds"]))
+    unit = {job: float(np.mean(seconds)) for job, seconds in passes.items()}
     ratios: dict[tuple[str, str, float], list[float]] = defaultdict(list)
     for row in rows:
         job = (row["variant"], row["arch"], row["seed"])
