@@ -22,6 +22,18 @@ UNPAIRED = frozenset({"fully-connected"})
 METRICS = {"test_loss": "test loss", "test_accuracy": "test accuracy"}
 
 
+def number(value: float, digits: int = 4) -> str:
+    """``digits`` decimals from 0.1 up (losses and accuracies of classification), else
+    ``digits`` significant digits in scientific notation (regression losses of 1e-5).
+
+    >>> number(0.11344), number(1.2787), number(0.0000123456), number(0.0)
+    ('0.1134', '1.2787', '1.235e-05', '0.0000')
+    """
+    if value == 0 or abs(value) >= 0.1:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits - 1}e}"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (variant, arch, method, phase, ratio) over seeds: values keyed by seed."""
@@ -94,7 +106,7 @@ def markdown_table(table: dict[Key, Cell], *, variant: str, arch: str, phase: st
         entries = []
         for ratio in ratios:
             cell = table.get((variant, arch, method, phase, ratio))
-            entries.append("" if cell is None else f"{cell.mean:.{digits}f}")
+            entries.append("" if cell is None else number(cell.mean, digits))
         if any(entries):
             lines.append(f"| {method} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
@@ -149,8 +161,8 @@ def winners_table(table: dict[Key, Cell], variant: str, arch: str, phase: str,
         if len(ranked) < 2 or method not in names:
             continue
         first, second = ranked[0], ranked[1]
-        lines.append(f"| {ratio:g} | {first[0]} {first[1].mean:.4f} | {second[0]} "
-                     f"{second[1].mean:.4f} | {names.index(method) + 1} of {len(names)} | "
+        lines.append(f"| {ratio:g} | {first[0]} {number(first[1].mean)} | {second[0]} "
+                     f"{number(second[1].mean)} | {names.index(method) + 1} of {len(names)} | "
                      f"{_p(first, second):.3g} |")
     return "\n".join(lines)
 
@@ -164,7 +176,7 @@ def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
         cell = table.get((variant, arch, method, phase, ratio))
         if cell is not None:
             change = (cell.mean - dense.mean) / dense.mean
-            lines.append(f"| {ratio:g} | {cell.mean:.4f} | {change:+.1%} | "
+            lines.append(f"| {ratio:g} | {number(cell.mean)} | {change:+.1%} | "
                          f"{compare(cell, dense, paired=True):.3g} |")
     return "\n".join(lines)
 
@@ -177,7 +189,8 @@ def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
     dense = loss[(variant, arch, "dense", "dense", 0.0)]
     title = f"{arch}" + (f", {variant}" if variant else "")
     out = [f"## {title}", "",
-           f"Dense: test loss {dense.mean:.4f} (seeds {dense.low:.4f}-{dense.high:.4f})"
+           f"Dense: test loss {number(dense.mean)} (seeds {number(dense.low)}-"
+           f"{number(dense.high)})"
            + (f", accuracy {accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean:.4f}"
               if accuracy else "") + f", {len(dense.values)} seeds.", ""]
     for metric, table in (("test loss", loss), ("test accuracy", accuracy)):
