@@ -99,6 +99,18 @@ def test_learning_rate_decays_geometrically_per_epoch():
                          lr_decay=0.5).learning_rate(0) == 1e-3
 
 
+def test_on_epoch_sees_each_trained_epoch():
+    x, y = data()
+    stacked = StackedMLP.from_models(three_networks(x))
+    seen = []
+    train(stacked, x, y, TrainSettings(epochs=3, batch_size=16, loss="cross_entropy", seed=0),
+          on_epoch=lambda epoch: seen.append((epoch, evaluate(stacked, x, y,
+                                                               "cross_entropy")[0])))
+    assert [epoch for epoch, _ in seen] == [1, 2, 3]
+    torch.testing.assert_close(seen[-1][1], evaluate(stacked, x, y, "cross_entropy")[0])
+    assert not torch.equal(seen[0][1], seen[-1][1])
+
+
 def test_pruned_and_padded_weights_stay_exactly_zero():
     x, y = data()
     models = three_networks(x)
