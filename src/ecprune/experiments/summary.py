@@ -235,9 +235,10 @@ def experiment_report(rows: list[dict[str, str]]) -> str:
         out += [f"# {experiment}: {len(mine)} rows, seeds {seeds}", "",
                 f"Significance: two-sided t-tests over seeds, alpha = {ALPHA} (see "
                 "ecprune.experiments.summary).", ""]
-        for variant in unique(mine, "variant"):
-            for arch in unique(mine, "arch"):
-                out += _section([r for r in mine if (r["variant"], r["arch"]) == (variant, arch)],
-                                variant, arch)
+        for arch in unique(mine, "arch"):
+            for variant in unique(mine, "variant"):
+                part = [r for r in mine if (r["variant"], r["arch"]) == (variant, arch)]
+                if any(r["phase"] == "dense" for r in part):  # absent while a run is going
+                    out += _section(part, variant, arch)
         out += ["## Scoring time", "", scoring_seconds(mine), ""]
     return "\n".join(out)
