@@ -77,6 +77,19 @@ def test_report_mentions_every_method_and_the_dense_line():
     assert "| 0.5 | ecp 0.8040 | random 0.9060 | 1 of 2 |" in text
 
 
+def test_report_of_a_running_sweep_skips_pairs_without_a_dense_row():
+    """A sweep that has begun a variant's first job but not yet written its dense row."""
+    started = {**TOY[-1], "variant": "noise=0.01", "arch": "4-3-2"}
+    partial = {**TOY[-1], "variant": "", "arch": "8-3-2", "phase": "prune"}
+    text = experiment_report([*TOY, started, partial])
+    assert "## 4-3-2\n" in text and "## 4-3-2, noise" not in text and "## 8-3-2" not in text
+
+
+def test_small_losses_keep_their_digits():
+    rows = [{**row, "test_loss": str(float(row["test_loss"]) * 1e-4)} for row in TOY]
+    assert "Dense: test loss 1.000e-04" in experiment_report(rows)
+
+
 def test_every_method_has_its_own_colour_and_marker():
     methods = ["ecp", "nonlinear", "magnitude", "gradient", "random", "ecp-nocomp",
                "magnitude-comp", "fully-connected", "ecp-refit", "sparsegpt", "wanda"]
