@@ -167,6 +167,41 @@ def winners_table(table: dict[Key, Cell], variant: str, arch: str, phase: str,
     return "\n".join(lines)
 
 
+def head_to_head(table: dict[Key, Cell], arch: str, phase: str, method: str = "ecp") -> str:
+    """``method`` against each other method over every variant and ratio of ``arch``: how often
+    it is significantly better, not significantly different, significantly worse."""
+    counts: dict[str, list[int]] = {}
+    for key, cell in table.items():
+        if key[1] != arch or key[3] != phase or key[2] == method:
+            continue
+        own = table.get((key[0], arch, method, phase, key[4]))
+        if own is None:
+            continue
+        significant = _p((method, own), (key[2], cell)) < ALPHA
+        outcome = 1 if not significant else (0 if own.mean < cell.mean else 2)
+        counts.setdefault(key[2], [0, 0, 0])[outcome] += 1
+    lines = [f"| {method} against | {method} better | no significant difference | "
+             f"{method} worse |", "| --- | --- | --- | --- |"]
+    lines += [f"| {other} | {c[0]} | {c[1]} | {c[2]} |" for other, c in counts.items()]
+    return "\n".join(lines)
+
+
+def variant_table(table: dict[Key, Cell], arch: str, phase: str, methods: Sequence[str],
+                  variants: Sequence[str]) -> str:
+    """Methods x ratios; each entry the means of the variants in order, ``a / b / c``."""
+    ratios = sorted({key[4] for key in table if key[1] == arch and key[3] == phase})
+    lines = ["| method | " + " | ".join(f"{r:g}" for r in ratios) + " |",
+             "|" + " --- |" * (len(ratios) + 1)]
+    for method in methods:
+        if not any((v, arch, method, phase, r) in table for v in variants for r in ratios):
+            continue
+        entries = [" / ".join(number(table[(v, arch, method, phase, r)].mean, 2)
+                              if (v, arch, method, phase, r) in table else "-" for v in variants)
+                   for r in ratios]
+        lines.append(f"| {method} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
 def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
                  phase: str) -> str:
     """Per ratio: ``method``'s mean loss, its change relative to dense, paired p-value."""
@@ -226,6 +261,23 @@ def scoring_seconds(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _across_variants(rows: list[dict[str, str]], arch: str) -> list[str]:
+    """Head-to-head counts over all variants and ratios; with several variants, each
+    method's mean loss per variant side by side."""
+    loss = cells(rows, "test_loss")
+    variants = unique(rows, "variant")
+    methods = [m for m in unique(rows, "method") if m != "dense"]
+    title = f"{arch}, all variants" if len(variants) > 1 else arch
+    out = []
+    for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+        out += [f"### {title}: ECP head to head, {label} (paired t-tests, alpha {ALPHA})", "",
+                head_to_head(loss, arch, phase), ""]
+        if len(variants) > 1:
+            out += [f"### {arch}: mean test loss per variant ({' / '.join(variants)}), "
+                    f"{label}", "", variant_table(loss, arch, phase, methods, variants), ""]
+    return out
+
+
 def experiment_report(rows: list[dict[str, str]]) -> str:
     """The markdown summary of one results CSV: tables and significance per architecture."""
     out = []
@@ -235,10 +287,14 @@ def experiment_report(rows: list[dict[str, str]]) -> str:
         out += [f"# {experiment}: {len(mine)} rows, seeds {seeds}", "",
                 f"Significance: two-sided t-tests over seeds, alpha = {ALPHA} (see "
                 "ecprune.experiments.summary).", ""]
-        for arch in unique(mine, "arch"):
-            for variant in unique(mine, "variant"):
-                part = [r for r in mine if (r["variant"], r["arch"]) == (variant, arch)]
-                if any(r["phase"] == "dense" for r in part):  # absent while a run is going
-                    out += _section(part, variant, arch)
+        # A running sweep may have begun a (variant, arch) whose dense row is not written yet.
+        started = {(r["variant"], r["arch"]) for r in mine if r["phase"] == "dense"}
+        ready = [r for r in mine if (r["variant"], r["arch"]) in started]
+        for arch in unique(ready, "arch"):
+            for variant in unique(ready, "variant"):
+                if (variant, arch) in started:
+                    out += _section([r for r in ready if (r["variant"], r["arch"])
+                                     == (variant, arch)], variant, arch)
+            out += _across_variants([r for r in ready if r["arch"] == arch], arch)
         out += ["## Scoring time", "", scoring_seconds(mine), ""]
     return "\n".join(out)
