@@ -16,29 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from nonlinear_paths import cpu_seconds
 
-import ecprune
-from ecprune import nonlinear
 from ecprune.experiments.config import arch_name, weight_count
 from ecprune.experiments.diffsorp import ARCHITECTURES, load_diffsorp_split
 from ecprune.experiments.stacked import mlp
-
-
-def cpu_seconds(model, x, method: str, *, general: bool = False) -> float:
-    original = nonlinear._chain_after
-    if general:
-        nonlinear._chain_after = lambda model, layer: None
-    try:
-        start = time.process_time()
-        ecprune.importance(model, x, method, nonlinear_samples=len(x), progress=False)
-        return time.process_time() - start
-    finally:
-        nonlinear._chain_after = original
 
 
 def main() -> None:
@@ -60,11 +46,12 @@ def main() -> None:
         model = mlp(widths, seed=0)
         times = {name: [] for name in runs}
         for name, (data, general) in runs.items():  # warm-up, not recorded
-            cpu_seconds(model, data, name.split("-")[0], general=general)
+            cpu_seconds(model, data, len(data), method=name.split("-")[0], fast=not general)
         for _ in range(args.repeats):
             for name, (data, general) in runs.items():
                 method = name.split("-")[0]
-                times[name].append(cpu_seconds(model, data, method, general=general))
+                times[name].append(cpu_seconds(model, data, len(data), method=method,
+                                               fast=not general))
         best = {name: min(values) for name, values in times.items()}
         record["architectures"][arch_name(widths)] = {
             "weights": weight_count(widths), "cpu_seconds": times, "best": best}
