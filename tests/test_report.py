@@ -17,6 +17,7 @@ from ecprune.experiments.summary import (
     head_to_head,
     no_change_ratios,
     ranking,
+    variant_agreement,
     variant_table,
 )
 from ecprune.plots import STYLES, experiment_figures, style
@@ -106,6 +107,15 @@ def test_variant_table_puts_variants_side_by_side():
     assert "absent" not in text
     assert "_variants" not in experiment_report(TOY + doubled)
     assert "mean test loss per variant ( / b)" in experiment_report(TOY + doubled)
+
+
+def test_variant_agreement_compares_method_orders():
+    doubled = [{**row, "variant": "b", "test_loss": str(2 * float(row["test_loss"]))}
+               for row in TOY]  # same order of methods at every ratio
+    swapped = [{**row, "variant": "c", "method": {"ecp": "random", "random": "ecp"}.get(
+        row["method"], row["method"])} for row in TOY]  # reversed order
+    text = variant_agreement(cells(TOY + doubled + swapped), "4-3-2", "prune", ["", "b", "c"])
+    assert "| 0.5 | ecp / ecp / random | 1.00 / -1.00 |" in text
 
 
 def test_small_losses_keep_their_digits():

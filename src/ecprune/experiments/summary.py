@@ -202,6 +202,28 @@ def variant_table(table: dict[Key, Cell], arch: str, phase: str, methods: Sequen
     return "\n".join(lines)
 
 
+def variant_agreement(table: dict[Key, Cell], arch: str, phase: str,
+                      variants: Sequence[str]) -> str:
+    """Per ratio: the best method of each variant, and the Spearman correlation of the methods'
+    mean losses in each later variant with those in the first (1: the same order)."""
+    from scipy import stats
+
+    ratios = sorted({key[4] for key in table if key[1] == arch and key[3] == phase})
+    lines = [f"| ratio | best per variant | Spearman vs {variants[0] or 'first'} |",
+             "| --- | --- | --- |"]
+    for ratio in ratios:
+        ranked = {v: dict(ranking(table, v, arch, phase, ratio)) for v in variants}
+        common = sorted(set.intersection(*(set(r) for r in ranked.values())))
+        if len(common) < 2:
+            continue
+        first = [ranked[variants[0]][m].mean for m in common]
+        rhos = [stats.spearmanr(first, [ranked[v][m].mean for m in common]).statistic
+                for v in variants[1:]]
+        best = " / ".join(min(ranked[v], key=lambda m: ranked[v][m].mean) for v in variants)
+        lines.append(f"| {ratio:g} | {best} | " + " / ".join(f"{r:.2f}" for r in rhos) + " |")
+    return "\n".join(lines)
+
+
 def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
                  phase: str) -> str:
     """Per ratio: ``method``'s mean loss, its change relative to dense, paired p-value."""
@@ -274,7 +296,9 @@ def _across_variants(rows: list[dict[str, str]], arch: str) -> list[str]:
                 head_to_head(loss, arch, phase), ""]
         if len(variants) > 1:
             out += [f"### {arch}: mean test loss per variant ({' / '.join(variants)}), "
-                    f"{label}", "", variant_table(loss, arch, phase, methods, variants), ""]
+                    f"{label}", "", variant_table(loss, arch, phase, methods, variants), "",
+                    f"### {arch}: does the order of the methods change across variants? "
+                    f"{label}", "", variant_agreement(loss, arch, phase, variants), ""]
     return out
 
 
