@@ -14,8 +14,11 @@ from ecprune.experiments.summary import (
     cells,
     compare,
     experiment_report,
+    head_to_head,
     no_change_ratios,
     ranking,
+    variant_agreement,
+    variant_table,
 )
 from ecprune.plots import STYLES, experiment_figures, style
 
@@ -76,6 +79,49 @@ def test_report_mentions_every_method_and_the_dense_line():
     text = experiment_report(TOY)
     assert "Dense: test loss 1.0000" in text and "| ecp | 0.1 | 0.5 |" in text
     assert "| 0.5 | ecp 0.8040 | random 0.9060 | 1 of 2 |" in text
+
+
+def test_report_of_a_running_sweep_skips_pairs_without_a_dense_row():
+    """A sweep that has begun a variant's first job but not yet written its dense row."""
+    started = {**TOY[-1], "variant": "noise=0.01", "arch": "4-3-2"}
+    partial = {**TOY[-1], "variant": "", "arch": "8-3-2", "phase": "prune"}
+    text = experiment_report([*TOY, started, partial])
+    assert "## 4-3-2\n" in text and "## 4-3-2, noise" not in text and "## 8-3-2" not in text
+
+
+def test_head_to_head_counts_significant_wins():
+    table = cells(TOY)
+    assert "| random | 3 | 0 | 0 |" in head_to_head(table, "4-3-2", "prune")
+    assert "| random | 1 | 0 | 0 |" in head_to_head(table, "4-3-2", "finetune")
+    # Against itself shifted by +-0.001 (no significant difference), then by a constant -0.5.
+    shifted = {**table, ("", "4-3-2", "ecp", "prune", 0.1): table[("", "4-3-2", "dense",
+                                                                      "dense", 0.0)]}
+    assert "| dense |" not in head_to_head(shifted, "4-3-2", "prune")
+
+
+def test_variant_table_puts_variants_side_by_side():
+    doubled = [{**row, "variant": "b", "test_loss": str(2 * float(row["test_loss"]))}
+               for row in TOY]
+    text = variant_table(cells(TOY + doubled), "4-3-2", "prune", ["ecp", "random", "absent"],
+                         ["", "b"])
+    assert "| ecp | 1.00 / 2.00 | 1.02 / 2.04 | 1.50 / 3.00 |" in text
+    assert "absent" not in text
+    assert "_variants" not in experiment_report(TOY + doubled)
+    assert "mean test loss per variant ( / b)" in experiment_report(TOY + doubled)
+
+
+def test_variant_agreement_compares_method_orders():
+    doubled = [{**row, "variant": "b", "test_loss": str(2 * float(row["test_loss"]))}
+               for row in TOY]  # same order of methods at every ratio
+    swapped = [{**row, "variant": "c", "method": {"ecp": "random", "random": "ecp"}.get(
+        row["method"], row["method"])} for row in TOY]  # reversed order
+    text = variant_agreement(cells(TOY + doubled + swapped), "4-3-2", "prune", ["", "b", "c"])
+    assert "| 0.5 | ecp / ecp / random | 1.00 / -1.00 |" in text
+
+
+def test_small_losses_keep_their_digits():
+    rows = [{**row, "test_loss": str(float(row["test_loss"]) * 1e-4)} for row in TOY]
+    assert "Dense: test loss 1.000e-04" in experiment_report(rows)
 
 
 def test_every_method_has_its_own_colour_and_marker():

@@ -134,7 +134,7 @@ class JobRunner:
         self.timings.append([{"experiment": self.config.name, "variant": self.job.variant,
                               "arch": arch_name(self.job.widths), "seed": self.job.seed,
                               "unit": unit, "networks": networks, "epochs": epochs,
-                              "seconds": f"{seconds:.3f}"}])
+                              "seconds": f"{seconds:.6g}"}])
 
     def settings(self, epochs: int, stream: int = 0) -> TrainSettings:
         return TrainSettings(epochs=epochs, batch_size=self.config.batch_size,

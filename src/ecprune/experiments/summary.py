@@ -22,6 +22,18 @@ UNPAIRED = frozenset({"fully-connected"})
 METRICS = {"test_loss": "test loss", "test_accuracy": "test accuracy"}
 
 
+def number(value: float, digits: int = 4) -> str:
+    """``digits`` decimals from 0.1 up (losses and accuracies of classification), else
+    ``digits`` significant digits in scientific notation (regression losses of 1e-5).
+
+    >>> number(0.11344), number(1.2787), number(0.0000123456), number(0.0)
+    ('0.1134', '1.2787', '1.235e-05', '0.0000')
+    """
+    if value == 0 or abs(value) >= 0.1:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits - 1}e}"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (variant, arch, method, phase, ratio) over seeds: values keyed by seed."""
@@ -85,17 +97,8 @@ def compare(first: Cell, second: Cell, *, paired: bool) -> float:
     return _ttest(list(first.values.values()), list(second.values.values()), paired=False)
 
 
-def number(value: float) -> str:
-    """Four decimals, or three significant digits below 0.01 (small regression losses).
-
-    >>> number(0.97431), number(2.46e-05)
-    ('0.9743', '2.46e-05')
-    """
-    return f"{value:.4f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"
-
-
 def markdown_table(table: dict[Key, Cell], *, variant: str, arch: str, phase: str,
-                   methods: Sequence[str], ratios: Sequence[float]) -> str:
+                   methods: Sequence[str], ratios: Sequence[float], digits: int = 4) -> str:
     """Methods x ratios of the mean over seeds, the lowest loss per ratio in bold."""
     header = "| method | " + " | ".join(f"{r:g}" for r in ratios) + " |"
     lines = [header, "|" + " --- |" * (len(ratios) + 1)]
@@ -103,7 +106,7 @@ def markdown_table(table: dict[Key, Cell], *, variant: str, arch: str, phase: st
         entries = []
         for ratio in ratios:
             cell = table.get((variant, arch, method, phase, ratio))
-            entries.append("" if cell is None else number(cell.mean))
+            entries.append("" if cell is None else number(cell.mean, digits))
         if any(entries):
             lines.append(f"| {method} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
@@ -161,6 +164,63 @@ def winners_table(table: dict[Key, Cell], variant: str, arch: str, phase: str,
         lines.append(f"| {ratio:g} | {first[0]} {number(first[1].mean)} | {second[0]} "
                      f"{number(second[1].mean)} | {names.index(method) + 1} of {len(names)} | "
                      f"{_p(first, second):.3g} |")
+    return "\n".join(lines)
+
+
+def head_to_head(table: dict[Key, Cell], arch: str, phase: str, method: str = "ecp") -> str:
+    """``method`` against each other method over every variant and ratio of ``arch``: how often
+    it is significantly better, not significantly different, significantly worse."""
+    counts: dict[str, list[int]] = {}
+    for key, cell in table.items():
+        if key[1] != arch or key[3] != phase or key[2] == method:
+            continue
+        own = table.get((key[0], arch, method, phase, key[4]))
+        if own is None:
+            continue
+        significant = _p((method, own), (key[2], cell)) < ALPHA
+        outcome = 1 if not significant else (0 if own.mean < cell.mean else 2)
+        counts.setdefault(key[2], [0, 0, 0])[outcome] += 1
+    lines = [f"| {method} against | {method} better | no significant difference | "
+             f"{method} worse |", "| --- | --- | --- | --- |"]
+    lines += [f"| {other} | {c[0]} | {c[1]} | {c[2]} |" for other, c in counts.items()]
+    return "\n".join(lines)
+
+
+def variant_table(table: dict[Key, Cell], arch: str, phase: str, methods: Sequence[str],
+                  variants: Sequence[str]) -> str:
+    """Methods x ratios; each entry the means of the variants in order, ``a / b / c``."""
+    ratios = sorted({key[4] for key in table if key[1] == arch and key[3] == phase})
+    lines = ["| method | " + " | ".join(f"{r:g}" for r in ratios) + " |",
+             "|" + " --- |" * (len(ratios) + 1)]
+    for method in methods:
+        if not any((v, arch, method, phase, r) in table for v in variants for r in ratios):
+            continue
+        entries = [" / ".join(number(table[(v, arch, method, phase, r)].mean, 2)
+                              if (v, arch, method, phase, r) in table else "-" for v in variants)
+                   for r in ratios]
+        lines.append(f"| {method} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def variant_agreement(table: dict[Key, Cell], arch: str, phase: str,
+                      variants: Sequence[str]) -> str:
+    """Per ratio: the best method of each variant, and the Spearman correlation of the methods'
+    mean losses in each later variant with those in the first (1: the same order)."""
+    from scipy import stats
+
+    ratios = sorted({key[4] for key in table if key[1] == arch and key[3] == phase})
+    lines = [f"| ratio | best per variant | Spearman vs {variants[0] or 'first'} |",
+             "| --- | --- | --- |"]
+    for ratio in ratios:
+        ranked = {v: dict(ranking(table, v, arch, phase, ratio)) for v in variants}
+        common = sorted(set.intersection(*(set(r) for r in ranked.values())))
+        if len(common) < 2:
+            continue
+        first = [ranked[variants[0]][m].mean for m in common]
+        rhos = [stats.spearmanr(first, [ranked[v][m].mean for m in common]).statistic
+                for v in variants[1:]]
+        best = " / ".join(min(ranked[v], key=lambda m: ranked[v][m].mean) for v in variants)
+        lines.append(f"| {ratio:g} | {best} | " + " / ".join(f"{r:.2f}" for r in rhos) + " |")
     return "\n".join(lines)
 
 
@@ -280,6 +340,25 @@ def cost_table(rows: list[dict[str, str]], timings: list[dict[str, str]]) -> str
     return "\n".join(lines)
 
 
+def _across_variants(rows: list[dict[str, str]], arch: str) -> list[str]:
+    """Head-to-head counts over all variants and ratios; with several variants, each
+    method's mean loss per variant side by side."""
+    loss = cells(rows, "test_loss")
+    variants = unique(rows, "variant")
+    methods = [m for m in unique(rows, "method") if m != "dense"]
+    title = f"{arch}, all variants" if len(variants) > 1 else arch
+    out = []
+    for phase, label in phases(rows).items():
+        out += [f"### {title}: ECP head to head, {label} (paired t-tests, alpha {ALPHA})", "",
+                head_to_head(loss, arch, phase), ""]
+        if len(variants) > 1:
+            out += [f"### {arch}: mean test loss per variant ({' / '.join(variants)}), "
+                    f"{label}", "", variant_table(loss, arch, phase, methods, variants), "",
+                    f"### {arch}: does the order of the methods change across variants? "
+                    f"{label}", "", variant_agreement(loss, arch, phase, variants), ""]
+    return out
+
+
 def experiment_report(rows: list[dict[str, str]], timings: list[dict[str, str]] | None = None,
                       pairs: Sequence[tuple[str, str]] = ()) -> str:
     """The markdown summary of one results CSV: tables and significance per architecture, the
@@ -292,10 +371,15 @@ def experiment_report(rows: list[dict[str, str]], timings: list[dict[str, str]] 
         out += [f"# {experiment}: {len(mine)} rows, seeds {seeds}", "",
                 f"Significance: two-sided t-tests over seeds, alpha = {ALPHA} (see "
                 "ecprune.experiments.summary).", ""]
-        for variant in unique(mine, "variant"):
-            for arch in unique(mine, "arch"):
-                out += _section([r for r in mine if (r["variant"], r["arch"]) == (variant, arch)],
-                                variant, arch, pairs)
+        # A running sweep may have begun a (variant, arch) whose dense row is not written yet.
+        started = {(r["variant"], r["arch"]) for r in mine if r["phase"] == "dense"}
+        ready = [r for r in mine if (r["variant"], r["arch"]) in started]
+        for arch in unique(ready, "arch"):
+            for variant in unique(ready, "variant"):
+                if (variant, arch) in started:
+                    out += _section([r for r in ready if (r["variant"], r["arch"])
+                                     == (variant, arch)], variant, arch, pairs)
+            out += _across_variants([r for r in ready if r["arch"] == arch], arch)
         out += ["## Scoring time", "", scoring_seconds(mine), ""]
         cost = cost_table(mine, [t for t in timings or [] if t["experiment"] == experiment])
         if cost:

@@ -11,6 +11,7 @@ permutation of the seeded generator, so nothing else needs saving).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +70,13 @@ def _save_checkpoint(model: StackedMLP, optimizer: torch.optim.Optimizer, epoch:
 
 
 def train(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
-          checkpoint: Path | None = None) -> float:
+          checkpoint: Path | None = None,
+          on_epoch: Callable[[int], None] | None = None) -> float:
     """Train all stacked networks in place; return the seconds spent.
 
     With ``checkpoint``, the state is saved after every epoch and a run finds it and goes on
-    from there; the file is removed when training completes.
+    from there; the file is removed when training completes. ``on_epoch(epoch)`` is called
+    after each epoch trained here (1-based), e.g. to record a loss curve.
     """
     start = time.perf_counter()
     optimizer = _optimizer(model, settings.lr)
@@ -93,6 +96,8 @@ def train(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, settings: TrainSe
             optimizer.step()
         if checkpoint is not None:
             _save_checkpoint(model, optimizer, epoch + 1, checkpoint)
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
     return time.perf_counter() - start
