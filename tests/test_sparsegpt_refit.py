@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from torch import nn
 
@@ -15,15 +14,9 @@ from ecprune.layers import keep_mask, select_layers
 from ecprune.refit import refit_layers
 
 
-@pytest.fixture
-def net_and_data():
-    model = mlp([5, 7, 6, 3], nn.PReLU, seed=2)
+def test_is_sparsegpt_then_the_refit_toward_the_dense_network():
+    dense = mlp([5, 7, 6, 3], nn.PReLU, seed=2)
     x = torch.randn(90, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    return model, x
-
-
-def test_is_sparsegpt_then_the_refit_toward_the_dense_network(net_and_data):
-    dense, x = net_and_data
     expected = copy.deepcopy(dense)
     ecprune.prune(expected, x, 0.6, method="sparsegpt")
     refit_layers(expected, dense, select_layers(expected, None), lambda: [Batch(x, None, 0)])
