@@ -20,7 +20,7 @@ from ecprune.experiments.summary import (
     variant_agreement,
     variant_table,
 )
-from ecprune.plots import STYLES, experiment_figures, style
+from ecprune.plots import STYLES, experiment_figures, style, with_error_rate
 
 DENSE = [1.00, 1.10, 0.90, 1.05, 0.95]
 
@@ -203,3 +203,10 @@ def test_compare_gives_the_change_and_the_paired_p_value_per_ratio(tmp_path, cap
     store.append(TOY)
     assert main(["report", str(store.path), "--compare", "ecp", "magnitude"]) == 2
     assert "no rows of method(s) ['magnitude']" in capsys.readouterr().err
+
+
+def test_error_rate_figure_replaces_the_accuracy_one(tmp_path):
+    paths = experiment_figures(TOY, tmp_path, error_rate=True)
+    assert [p.name for p in paths] == ["toy_4-3-2_loss.png", "toy_4-3-2_error.png"]
+    row = with_error_rate(TOY)[-1]
+    assert float(row["test_error"]) == pytest.approx(1 - float(row["test_accuracy"]))

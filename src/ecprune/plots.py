@@ -53,6 +53,9 @@ FALLBACK = plt.get_cmap("tab20b")
 PLAIN = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
 MINOR = matplotlib.ticker.FuncFormatter(
     lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
+# ``ecprune report --error-rate``: 1 - test accuracy, on a log axis (separates 0.97 from 0.95).
+ERROR = "test_error"
+LABELS = {**METRICS, ERROR: "test error (1 - accuracy)"}
 # ECP is drawn over the baselines it often coincides with (non-linear, its own ablation).
 ON_TOP = {"ecp": 3}
 
@@ -98,7 +101,7 @@ def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: s
     variants = list(variants if variants is not None else unique(rows, "variant"))
     methods = [m for m in unique(rows, "method") if m != "dense"]
     titles = phases(rows)
-    log = metric == "test_loss" if log is None else log
+    log = metric != "test_accuracy" if log is None else log
     fig, axes = plt.subplots(len(variants), len(titles),
                              figsize=(5.5 * len(titles) + 1.5, 4.2 * len(variants)),
                              squeeze=False)
@@ -108,7 +111,7 @@ def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: s
                 _draw_method(ax, table, variant, arch, method, phase)
             _draw_dense(ax, table, variant, arch)
             title = f"{arch}: {titles[phase]}" + (f" ({variant})" if variant else "")
-            ax.set(title=title, xlabel="pruning ratio", ylabel=METRICS[metric])
+            ax.set(title=title, xlabel="pruning ratio", ylabel=LABELS[metric])
             if log:
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(PLAIN)
@@ -128,12 +131,22 @@ def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: s
     return path
 
 
-def experiment_figures(rows: list[dict[str, str]], out: str | Path) -> list[Path]:
-    """Every architecture's loss figure and, for classification, accuracy figure."""
+def with_error_rate(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows with ``test_error = 1 - test_accuracy`` where they have an accuracy."""
+    return [{**row, ERROR: f"{1 - float(row['test_accuracy']):.6g}"}
+            if row.get("test_accuracy", "") != "" else row for row in rows]
+
+
+def experiment_figures(rows: list[dict[str, str]], out: str | Path, *,
+                       error_rate: bool = False) -> list[Path]:
+    """Every architecture's loss figure and, for classification, accuracy figure (with
+    ``error_rate``: test error figure, log axis)."""
     paths = []
+    shown = [m if not error_rate or m != "test_accuracy" else ERROR for m in METRICS]
+    rows = with_error_rate(rows) if error_rate else rows
     for experiment in unique(rows, "experiment"):
         mine = [row for row in rows if row["experiment"] == experiment]
-        metrics = [m for m in METRICS if any(row.get(m, "") != "" for row in mine)]
+        metrics = [m for m in shown if any(row.get(m, "") != "" for row in mine)]
         for arch in unique(mine, "arch"):
             for metric in metrics:
                 name = f"{experiment}_{arch}_{metric.removeprefix('test_')}.png"

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
                                                           if missing else "")
                          + "; expected a CSV written by `ecprune reproduce`.")
     out = Path(args.out) if args.out else path.parent
-    figures = experiment_figures(rows, out)
+    figures = experiment_figures(rows, out, error_rate=args.error_rate)
     pairs = [tuple(pair) for pair in args.compare or []]
     unknown = sorted({m for pair in pairs for m in pair} - {row["method"] for row in rows})
     if unknown:
@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("results", help="results CSV written by `ecprune reproduce`")
     parser.add_argument("--out", default=None,
                         help="directory for figures and summary (default: the CSV's)")
+    parser.add_argument("--error-rate", action="store_true",
+                        help="plot the test error 1 - accuracy on a log axis instead of the "
+                             "accuracy (NAME_ARCH_error.png)")
     parser.add_argument("--compare", nargs=2, action="append", metavar=("METHOD", "REFERENCE"),
                         help="also compare METHOD with REFERENCE per ratio, paired over seeds "
                              "(repeatable)")
