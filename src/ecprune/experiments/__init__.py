@@ -1,9 +1,10 @@
 """The paper's experiments: settings, batched training, a resumable runner, a results store.
 
 Each experiment is registered in :data:`EXPERIMENTS` with its full and quick settings and a
-data loader ``load(variant) -> Split``; ``ecprune reproduce NAME`` runs it. Two are:
-``mnist`` (classification, cross-entropy) and ``diffsorp`` (regression, MSE, one variant per
-noise level).
+data loader ``load(variant) -> Split``; ``ecprune reproduce NAME`` runs it. The paper's two
+are ``mnist`` (classification, cross-entropy) and ``diffsorp`` (regression, MSE, one variant
+per noise level); ``beyond-mnist`` and ``beyond-diffsorp`` compare the methods beyond the paper
+on their networks, prune only (:mod:`.beyond`).
 """
 
 from __future__ import annotations
