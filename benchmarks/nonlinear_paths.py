@@ -24,13 +24,14 @@ from ecprune.experiments.mnist import load_mnist_split
 from ecprune.experiments.stacked import mlp
 
 
-def cpu_seconds(model, x, samples: int, *, fast: bool) -> float:
+def cpu_seconds(model, x, samples: int, *, fast: bool = True, method: str = "nonlinear") -> float:
+    """Process CPU seconds of one scoring; ``fast=False`` forces the general vmap path."""
     original = nonlinear._chain_after
     if not fast:
         nonlinear._chain_after = lambda model, layer: None
     try:
         start = time.process_time()
-        ecprune.importance(model, x, "nonlinear", nonlinear_samples=samples, progress=False)
+        ecprune.importance(model, x, method, nonlinear_samples=samples, progress=False)
         return time.process_time() - start
     finally:
         nonlinear._chain_after = original

@@ -157,6 +157,8 @@ def test_reduced_widths_is_the_closest_uniform_shrink():
     ({"ratios": (0.5, 1.0)}, r"Ratios must lie in \(0, 1\)"),
     ({"loss": "hinge"}, "Unknown loss 'hinge'"),
     ({"epochs": 0}, "epochs must be a positive integer; got 0"),
+    ({"lr": 0.0}, "lr must be positive and lr_decay in"),
+    ({"lr_decay": 1.5}, "lr must be positive and lr_decay in"),
     ({"seeds": ()}, "at least one seed"),
 ])
 def test_config_validation(change, message):

@@ -14,10 +14,13 @@ from ecprune.experiments.summary import (
     cells,
     compare,
     experiment_report,
+    head_to_head,
     no_change_ratios,
     ranking,
+    variant_agreement,
+    variant_table,
 )
-from ecprune.plots import STYLES, experiment_figures, style
+from ecprune.plots import STYLES, experiment_figures, style, with_error_rate
 
 DENSE = [1.00, 1.10, 0.90, 1.05, 0.95]
 
@@ -48,6 +51,7 @@ TOY = rows_for({
     ("ecp", "finetune", 0.5): [0.8, 0.81, 0.79, 0.8, 0.82],
     ("random", "finetune", 0.5): [0.9, 0.95, 0.85, 0.9, 0.93],
 })
+TOY_CELLS = cells(TOY)
 
 
 def test_paired_t_test_matches_its_definition():
@@ -77,9 +81,54 @@ def test_report_mentions_every_method_and_the_dense_line():
     assert "| 0.5 | ecp 0.8040 | random 0.9060 | 1 of 2 |" in text
 
 
+def test_report_of_a_running_sweep_skips_pairs_without_a_dense_row():
+    """A sweep that has begun a variant's first job but not yet written its dense row."""
+    started = {**TOY[-1], "variant": "noise=0.01", "arch": "4-3-2"}
+    partial = {**TOY[-1], "variant": "", "arch": "8-3-2", "phase": "prune"}
+    text = experiment_report([*TOY, started, partial])
+    assert "## 4-3-2\n" in text and "## 4-3-2, noise" not in text and "## 8-3-2" not in text
+
+
+def test_head_to_head_counts_significant_wins():
+    table = cells(TOY)
+    assert "| random | 3 | 0 | 0 |" in head_to_head(table, "4-3-2", "prune")
+    assert "| random | 1 | 0 | 0 |" in head_to_head(table, "4-3-2", "finetune")
+    # Against itself shifted by +-0.001 (no significant difference), then by a constant -0.5.
+    shifted = {**table, ("", "4-3-2", "ecp", "prune", 0.1): table[("", "4-3-2", "dense",
+                                                                      "dense", 0.0)]}
+    assert "| dense |" not in head_to_head(shifted, "4-3-2", "prune")
+
+
+def test_variant_table_puts_variants_side_by_side():
+    doubled = [{**row, "variant": "b", "test_loss": str(2 * float(row["test_loss"]))}
+               for row in TOY]
+    text = variant_table(cells(TOY + doubled), "4-3-2", "prune", ["ecp", "random", "absent"],
+                         ["", "b"])
+    assert "| ecp | 1.00 / 2.00 | 1.02 / 2.04 | 1.50 / 3.00 |" in text
+    assert "absent" not in text
+    assert "_variants" not in experiment_report(TOY + doubled)
+    assert "mean test loss per variant ( / b)" in experiment_report(TOY + doubled)
+
+
+def test_variant_agreement_compares_method_orders():
+    doubled = [{**row, "variant": "b", "test_loss": str(2 * float(row["test_loss"]))}
+               for row in TOY]  # same order of methods at every ratio
+    swapped = [{**row, "variant": "c", "method": {"ecp": "random", "random": "ecp"}.get(
+        row["method"], row["method"])} for row in TOY]  # reversed order
+    text = variant_agreement(cells(TOY + doubled + swapped), "4-3-2", "prune", ["", "b", "c"])
+    assert "| 0.5 | ecp / ecp / random | 1.00 / -1.00 |" in text
+
+
+def test_small_losses_keep_their_digits():
+    rows = [{**row, "test_loss": str(float(row["test_loss"]) * 1e-4)} for row in TOY]
+    assert "Dense: test loss 1.000e-04" in experiment_report(rows)
+
+
 def test_every_method_has_its_own_colour_and_marker():
     methods = ["ecp", "nonlinear", "magnitude", "gradient", "random", "ecp-nocomp",
-               "magnitude-comp", "fully-connected", "ecp-refit", "sparsegpt", "wanda"]
+               "magnitude-comp", "fully-connected", "ecp-refit", "sparsegpt", "wanda",
+               "ecp-steps10", "ecp-refit-sensitivity", "sparsegpt-refit", "ecp-refit-steps3",
+               "sparsegpt-refit-steps3"]
     assert set(methods) <= set(STYLES)
     assert len({STYLES[m].colour for m in methods}) == len(methods)
     assert len({STYLES[m].marker for m in methods}) == len(methods)
@@ -140,3 +189,24 @@ def test_quick_mnist_end_to_end(tmp_path, capsys):
     assert main(["report", str(tmp_path / "mnist.csv")]) == 0
     assert (tmp_path / "mnist_784-32-32-10_loss.png").is_file()
     assert "cells computed" in capsys.readouterr().out
+
+
+def test_compare_gives_the_change_and_the_paired_p_value_per_ratio(tmp_path, capsys):
+    text = experiment_report(TOY, pairs=[("ecp", "random")])
+    section = text.split("### ecp against random: test loss, prune only")[1].split("###")[0]
+    ecp, rnd = TOY_CELLS[("", "4-3-2", "ecp", "prune", 0.5)], TOY_CELLS[("", "4-3-2", "random",
+                                                                       "prune", 0.5)]
+    p = stats.ttest_rel(list(ecp.values.values()), list(rnd.values.values())).pvalue
+    change = (ecp.mean - rnd.mean) / rnd.mean
+    assert f"| 0.5 | {ecp.mean:.4f} | {change:+.2%} | {p:.3g} |" in section
+    store = ResultsStore(tmp_path / "toy.csv")
+    store.append(TOY)
+    assert main(["report", str(store.path), "--compare", "ecp", "magnitude"]) == 2
+    assert "no rows of method(s) ['magnitude']" in capsys.readouterr().err
+
+
+def test_error_rate_figure_replaces_the_accuracy_one(tmp_path):
+    paths = experiment_figures(TOY, tmp_path, error_rate=True)
+    assert [p.name for p in paths] == ["toy_4-3-2_loss.png", "toy_4-3-2_error.png"]
+    row = with_error_rate(TOY)[-1]
+    assert float(row["test_error"]) == pytest.approx(1 - float(row["test_accuracy"]))

@@ -37,11 +37,14 @@ def three_networks(x):
     return [dense, pruned, narrow]
 
 
-def train_alone(model, x, y, epochs, batch_size, seed):
-    """The reference: one network, plain torch.optim.Adam, the same batch order."""
+def train_alone(model, x, y, epochs, batch_size, seed, rates=None):
+    """The reference: one network, plain torch.optim.Adam, the same batch order; ``rates``:
+    the learning rate of each epoch (default: Adam's 1e-3 throughout)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters())
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if rates is not None:
+            optimizer.param_groups[0]["lr"] = rates[epoch]
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             optimizer.zero_grad()
             F.cross_entropy(model(x[batch]), y[batch]).backward()
@@ -80,6 +83,34 @@ def test_batched_training_equals_separate_trainings():
                                rtol=RTOL, atol=ATOL)
 
 
+def test_learning_rate_decays_geometrically_per_epoch():
+    x, y = data()
+    models = three_networks(x)
+    stacked = StackedMLP.from_models(models)
+    settings = TrainSettings(epochs=4, batch_size=16, loss="cross_entropy", seed=2, lr=3e-3,
+                             lr_decay=0.1)
+    rates = [3e-3, 3e-3 * 0.1 ** (1 / 3), 3e-3 * 0.1 ** (2 / 3), 3e-4]
+    assert [settings.learning_rate(e) for e in range(4)] == pytest.approx(rates, rel=1e-12)
+    train(stacked, x, y, settings)
+    for k, model in enumerate(models):
+        train_alone(model, x, y, settings.epochs, settings.batch_size, settings.seed, rates)
+        torch.testing.assert_close(stacked(x)[k], model(x), rtol=RTOL, atol=ATOL)
+    assert TrainSettings(epochs=1, batch_size=1, loss="mse", seed=0,
+                         lr_decay=0.5).learning_rate(0) == 1e-3
+
+
+def test_on_epoch_sees_each_trained_epoch():
+    x, y = data()
+    stacked = StackedMLP.from_models(three_networks(x))
+    seen = []
+    train(stacked, x, y, TrainSettings(epochs=3, batch_size=16, loss="cross_entropy", seed=0),
+          on_epoch=lambda epoch: seen.append((epoch, evaluate(stacked, x, y,
+                                                               "cross_entropy")[0])))
+    assert [epoch for epoch, _ in seen] == [1, 2, 3]
+    torch.testing.assert_close(seen[-1][1], evaluate(stacked, x, y, "cross_entropy")[0])
+    assert not torch.equal(seen[0][1], seen[-1][1])
+
+
 def test_pruned_and_padded_weights_stay_exactly_zero():
     x, y = data()
     models = three_networks(x)
@@ -96,7 +127,8 @@ def test_pruned_and_padded_weights_stay_exactly_zero():
 
 def test_resume_from_checkpoint_is_exact(tmp_path, monkeypatch):
     x, y = data()
-    settings = TrainSettings(epochs=3, batch_size=10, loss="cross_entropy", seed=1)
+    settings = TrainSettings(epochs=3, batch_size=10, loss="cross_entropy", seed=1,
+                             lr_decay=0.3)  # the schedule resumes at the right epoch
     straight = StackedMLP.from_models(three_networks(x))
     train(straight, x, y, settings)
 

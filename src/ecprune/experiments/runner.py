@@ -40,9 +40,10 @@ class RunReport:
 
 
 def plan(config: ExperimentConfig) -> list[Job]:
-    """Every job of the grid, architecture-major (all seeds of the first architecture first)."""
-    return [Job(variant, widths, seed) for variant in config.variants
-            for widths in config.architectures for seed in config.seeds]
+    """Every job of the grid, seed-major (every variant and architecture of the first seed
+    first), so that a run stopped early holds whole seeds of the grid."""
+    return [Job(variant, widths, seed) for seed in config.seeds
+            for variant in config.variants for widths in config.architectures]
 
 
 def _job_done(config: ExperimentConfig, job: Job, done: set) -> int:

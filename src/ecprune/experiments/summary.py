@@ -22,6 +22,18 @@ UNPAIRED = frozenset({"fully-connected"})
 METRICS = {"test_loss": "test loss", "test_accuracy": "test accuracy"}
 
 
+def number(value: float, digits: int = 4) -> str:
+    """``digits`` decimals from 0.1 up (losses and accuracies of classification), else
+    ``digits`` significant digits in scientific notation (regression losses of 1e-5).
+
+    >>> number(0.11344), number(1.2787), number(0.0000123456), number(0.0)
+    ('0.1134', '1.2787', '1.235e-05', '0.0000')
+    """
+    if value == 0 or abs(value) >= 0.1:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits - 1}e}"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (variant, arch, method, phase, ratio) over seeds: values keyed by seed."""
@@ -94,7 +106,7 @@ def markdown_table(table: dict[Key, Cell], *, variant: str, arch: str, phase: st
         entries = []
         for ratio in ratios:
             cell = table.get((variant, arch, method, phase, ratio))
-            entries.append("" if cell is None else f"{cell.mean:.{digits}f}")
+            entries.append("" if cell is None else number(cell.mean, digits))
         if any(entries):
             lines.append(f"| {method} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
@@ -149,39 +161,124 @@ def winners_table(table: dict[Key, Cell], variant: str, arch: str, phase: str,
         if len(ranked) < 2 or method not in names:
             continue
         first, second = ranked[0], ranked[1]
-        lines.append(f"| {ratio:g} | {first[0]} {first[1].mean:.4f} | {second[0]} "
-                     f"{second[1].mean:.4f} | {names.index(method) + 1} of {len(names)} | "
+        lines.append(f"| {ratio:g} | {first[0]} {number(first[1].mean)} | {second[0]} "
+                     f"{number(second[1].mean)} | {names.index(method) + 1} of {len(names)} | "
                      f"{_p(first, second):.3g} |")
     return "\n".join(lines)
 
 
-def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
-                 phase: str) -> str:
-    """Per ratio: ``method``'s mean loss, its change relative to dense, paired p-value."""
-    dense = table[(variant, arch, "dense", "dense", 0.0)]
-    lines = ["| ratio | mean | vs dense | p (paired) |", "| --- | --- | --- | --- |"]
-    for ratio in _ratios(table, variant, arch, phase):
-        cell = table.get((variant, arch, method, phase, ratio))
-        if cell is not None:
-            change = (cell.mean - dense.mean) / dense.mean
-            lines.append(f"| {ratio:g} | {cell.mean:.4f} | {change:+.1%} | "
-                         f"{compare(cell, dense, paired=True):.3g} |")
+def head_to_head(table: dict[Key, Cell], arch: str, phase: str, method: str = "ecp") -> str:
+    """``method`` against each other method over every variant and ratio of ``arch``: how often
+    it is significantly better, not significantly different, significantly worse."""
+    counts: dict[str, list[int]] = {}
+    for key, cell in table.items():
+        if key[1] != arch or key[3] != phase or key[2] == method:
+            continue
+        own = table.get((key[0], arch, method, phase, key[4]))
+        if own is None:
+            continue
+        significant = _p((method, own), (key[2], cell)) < ALPHA
+        outcome = 1 if not significant else (0 if own.mean < cell.mean else 2)
+        counts.setdefault(key[2], [0, 0, 0])[outcome] += 1
+    lines = [f"| {method} against | {method} better | no significant difference | "
+             f"{method} worse |", "| --- | --- | --- | --- |"]
+    lines += [f"| {other} | {c[0]} | {c[1]} | {c[2]} |" for other, c in counts.items()]
     return "\n".join(lines)
 
 
-def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
+def variant_table(table: dict[Key, Cell], arch: str, phase: str, methods: Sequence[str],
+                  variants: Sequence[str]) -> str:
+    """Methods x ratios; each entry the means of the variants in order, ``a / b / c``."""
+    ratios = sorted({key[4] for key in table if key[1] == arch and key[3] == phase})
+    lines = ["| method | " + " | ".join(f"{r:g}" for r in ratios) + " |",
+             "|" + " --- |" * (len(ratios) + 1)]
+    for method in methods:
+        if not any((v, arch, method, phase, r) in table for v in variants for r in ratios):
+            continue
+        entries = [" / ".join(number(table[(v, arch, method, phase, r)].mean, 2)
+                              if (v, arch, method, phase, r) in table else "-" for v in variants)
+                   for r in ratios]
+        lines.append(f"| {method} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def variant_agreement(table: dict[Key, Cell], arch: str, phase: str,
+                      variants: Sequence[str]) -> str:
+    """Per ratio: the best method of each variant, and the Spearman correlation of the methods'
+    mean losses in each later variant with those in the first (1: the same order)."""
+    from scipy import stats
+
+    ratios = sorted({key[4] for key in table if key[1] == arch and key[3] == phase})
+    lines = [f"| ratio | best per variant | Spearman vs {variants[0] or 'first'} |",
+             "| --- | --- | --- |"]
+    for ratio in ratios:
+        ranked = {v: dict(ranking(table, v, arch, phase, ratio)) for v in variants}
+        common = sorted(set.intersection(*(set(r) for r in ranked.values())))
+        if len(common) < 2:
+            continue
+        first = [ranked[variants[0]][m].mean for m in common]
+        rhos = [stats.spearmanr(first, [ranked[v][m].mean for m in common]).statistic
+                for v in variants[1:]]
+        best = " / ".join(min(ranked[v], key=lambda m: ranked[v][m].mean) for v in variants)
+        lines.append(f"| {ratio:g} | {best} | " + " / ".join(f"{r:.2f}" for r in rhos) + " |")
+    return "\n".join(lines)
+
+
+def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
+                 phase: str, reference: str | None = None) -> str:
+    """Per ratio: ``method``'s mean, its change relative to ``reference`` (that method at the
+    same ratio and phase; None: the dense network) and the paired p-value."""
+    dense = table[(variant, arch, "dense", "dense", 0.0)]
+    digits = 1 if reference is None else 2  # two methods often differ by less than 0.1 %
+    lines = [f"| ratio | mean | vs {reference or 'dense'} | p (paired) |",
+             "| --- | --- | --- | --- |"]
+    for ratio in _ratios(table, variant, arch, phase):
+        cell = table.get((variant, arch, method, phase, ratio))
+        base = dense if reference is None else table.get((variant, arch, reference, phase, ratio))
+        if cell is not None and base is not None:
+            change = (cell.mean - base.mean) / base.mean
+            lines.append(f"| {ratio:g} | {number(cell.mean)} | {change:+.{digits}%} | "
+                         f"{compare(cell, base, paired=True):.3g} |")
+    return "\n".join(lines)
+
+
+PHASE_LABELS = {"prune": "prune only", "finetune": "prune + fine-tune"}
+
+
+def phases(rows: Iterable[dict[str, str]]) -> dict[str, str]:
+    """The pruning phases present in ``rows`` (a prune-only grid has no "finetune")."""
+    present = {row["phase"] for row in rows}
+    return {phase: label for phase, label in PHASE_LABELS.items() if phase in present}
+
+
+def _pairs(tables: dict[str, dict[Key, Cell]], present: dict[str, str], variant: str,
+           arch: str, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    out = []
+    for method, reference in pairs:
+        for metric, table in tables.items():
+            for phase, label in present.items():
+                if table:
+                    out += [f"### {method} against {reference}: {metric}, {label}", "",
+                            change_table(table, variant, arch, method, phase, reference), ""]
+    return out
+
+
+def _section(rows: list[dict[str, str]], variant: str, arch: str,
+             pairs: Sequence[tuple[str, str]] = ()) -> list[str]:
     loss = cells(rows, "test_loss")
     accuracy = cells(rows, "test_accuracy")
     methods = [m for m in unique(rows, "method") if m != "dense"]
+    present = phases(rows)
     ratios = _ratios(loss, variant, arch, "prune") or _ratios(loss, variant, arch, "finetune")
     dense = loss[(variant, arch, "dense", "dense", 0.0)]
     title = f"{arch}" + (f", {variant}" if variant else "")
     out = [f"## {title}", "",
-           f"Dense: test loss {dense.mean:.4f} (seeds {dense.low:.4f}-{dense.high:.4f})"
-           + (f", accuracy {accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean:.4f}"
+           f"Dense: test loss {number(dense.mean)} (seeds {number(dense.low)}-"
+           f"{number(dense.high)})"
+           + (f", accuracy {number(accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean)}"
               if accuracy else "") + f", {len(dense.values)} seeds.", ""]
     for metric, table in (("test loss", loss), ("test accuracy", accuracy)):
-        for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+        for phase, label in present.items():
             if table:
                 out += [f"### Mean {metric}, {label}", "",
                         markdown_table(table, variant=variant, arch=arch, phase=phase,
@@ -192,12 +289,14 @@ def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
         if (variant, arch, method, "prune", ratios[0]) in loss:
             by_test, by_band = no_change_ratios(loss, variant, arch, method)
             out.append(f"| {method} | {by_test:g} | {by_band:g} |")
-    for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+    for phase, label in present.items():
         out += ["", f"### Ranking by mean test loss, {label}", "",
                 winners_table(loss, variant, arch, phase)]
-    out += ["", "### ECP's test loss against dense, prune + fine-tune", "",
-            change_table(loss, variant, arch, "ecp", "finetune"), ""]
-    return out
+    if "finetune" in present:
+        out += ["", "### ECP's test loss against dense, prune + fine-tune", "",
+                change_table(loss, variant, arch, "ecp", "finetune")]
+    tables = {"test loss": loss, "test accuracy": accuracy}
+    return [*out, "", *_pairs(tables, present, variant, arch, pairs)]
 
 
 def scoring_seconds(rows: list[dict[str, str]]) -> str:
@@ -213,8 +312,58 @@ def scoring_seconds(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def experiment_report(rows: list[dict[str, str]]) -> str:
-    """The markdown summary of one results CSV: tables and significance per architecture."""
+def cost_table(rows: list[dict[str, str]], timings: list[dict[str, str]]) -> str:
+    """Mean over seeds of each method's pruning seconds (``score_seconds``: scoring, steps and
+    weight updates) divided by the same job's gradient pass (the mean of its measurements when
+    a resumed job measured it again), per architecture and ratio; empty when the timings hold
+    no "gradient-pass" unit."""
+    passes: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for t in timings:
+        if t["unit"] == "gradient-pass":
+            passes[(t["variant"], t["arch"], t["seed"])].append(float(t["seconds"]))
+    unit = {job: float(np.mean(seconds)) for job, seconds in passes.items()}
+    ratios: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    for row in rows:
+        job = (row["variant"], row["arch"], row["seed"])
+        if row["phase"] == "prune" and row.get("score_seconds") and unit.get(job):
+            key = (row["arch"], row["method"], float(row["ratio"]))
+            ratios[key].append(float(row["score_seconds"]) / unit[job])
+    if not ratios:
+        return ""
+    columns = sorted({key[2] for key in ratios})
+    lines = ["| architecture | method | " + " | ".join(f"{r:g}" for r in columns) + " |",
+             "|" + " --- |" * (len(columns) + 2)]
+    for arch, method in dict.fromkeys(key[:2] for key in ratios):
+        entries = [f"{np.mean(ratios[(arch, method, r)]):.1f}" if (arch, method, r) in ratios
+                   else "" for r in columns]
+        lines.append(f"| {arch} | {method} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def _across_variants(rows: list[dict[str, str]], arch: str) -> list[str]:
+    """Head-to-head counts over all variants and ratios; with several variants, each
+    method's mean loss per variant side by side."""
+    loss = cells(rows, "test_loss")
+    variants = unique(rows, "variant")
+    methods = [m for m in unique(rows, "method") if m != "dense"]
+    title = f"{arch}, all variants" if len(variants) > 1 else arch
+    out = []
+    for phase, label in phases(rows).items():
+        out += [f"### {title}: ECP head to head, {label} (paired t-tests, alpha {ALPHA})", "",
+                head_to_head(loss, arch, phase), ""]
+        if len(variants) > 1:
+            out += [f"### {arch}: mean test loss per variant ({' / '.join(variants)}), "
+                    f"{label}", "", variant_table(loss, arch, phase, methods, variants), "",
+                    f"### {arch}: does the order of the methods change across variants? "
+                    f"{label}", "", variant_agreement(loss, arch, phase, variants), ""]
+    return out
+
+
+def experiment_report(rows: list[dict[str, str]], timings: list[dict[str, str]] | None = None,
+                      pairs: Sequence[tuple[str, str]] = ()) -> str:
+    """The markdown summary of one results CSV: tables and significance per architecture, the
+    cost of pruning in gradient passes when ``timings`` (the timings CSV) are given, and for
+    every ``(method, reference)`` of ``pairs`` the change and paired p-value per ratio."""
     out = []
     for experiment in unique(rows, "experiment"):
         mine = [row for row in rows if row["experiment"] == experiment]
@@ -222,9 +371,20 @@ def experiment_report(rows: list[dict[str, str]]) -> str:
         out += [f"# {experiment}: {len(mine)} rows, seeds {seeds}", "",
                 f"Significance: two-sided t-tests over seeds, alpha = {ALPHA} (see "
                 "ecprune.experiments.summary).", ""]
-        for variant in unique(mine, "variant"):
-            for arch in unique(mine, "arch"):
-                out += _section([r for r in mine if (r["variant"], r["arch"]) == (variant, arch)],
-                                variant, arch)
+        # A running sweep may have begun a (variant, arch) whose dense row is not written yet.
+        started = {(r["variant"], r["arch"]) for r in mine if r["phase"] == "dense"}
+        ready = [r for r in mine if (r["variant"], r["arch"]) in started]
+        for arch in unique(ready, "arch"):
+            for variant in unique(ready, "variant"):
+                if (variant, arch) in started:
+                    out += _section([r for r in ready if (r["variant"], r["arch"])
+                                     == (variant, arch)], variant, arch, pairs)
+            out += _across_variants([r for r in ready if r["arch"] == arch], arch)
         out += ["## Scoring time", "", scoring_seconds(mine), ""]
+        cost = cost_table(mine, [t for t in timings or [] if t["experiment"] == experiment])
+        if cost:
+            out += ["## Pruning time in gradient passes (mean over seeds, per ratio)", "",
+                    "Seconds to prune the dense network to each ratio (scoring, every step and "
+                    "weight update) over the seconds of one forward + backward pass over the "
+                    "training set, measured in the same job.", "", cost, ""]
     return "\n".join(out)
