@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean mnist diffsorp
+.PHONY: setup demo test lint clean mnist diffsorp beyond
 
 setup: $(STAMP)
 
@@ -36,6 +36,16 @@ mnist: $(STAMP)
 diffsorp: $(STAMP)
 	$(BIN)/ecprune reproduce diffsorp --out docs/results --figures docs/figures --workers 2 --threads 1
 	$(BIN)/ecprune report docs/results/diffsorp.csv --out docs/figures
+
+# Beyond the paper (docs/beyond.md): weight refit, SparseGPT, Wanda and iterative ECP, prune
+# only, on MNIST and diffusion-sorption (noise 0.005); resumable like the others.
+BEYOND_PAIRS := --error-rate --compare ecp-refit-sensitivity ecp-refit --compare sparsegpt-refit ecp-refit \
+	--compare sparsegpt-refit-steps3 ecp-refit-steps3 --compare ecp-refit-steps3 ecp-refit
+beyond: $(STAMP)
+	$(BIN)/ecprune reproduce beyond-mnist --out docs/results --workers 2 --threads 1
+	$(BIN)/ecprune reproduce beyond-diffsorp --out docs/results --workers 2 --threads 1
+	$(BIN)/ecprune report docs/results/beyond-mnist.csv --out docs/figures $(BEYOND_PAIRS)
+	$(BIN)/ecprune report docs/results/beyond-diffsorp.csv --out docs/figures $(BEYOND_PAIRS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

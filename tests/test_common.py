@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 import ecprune
 from conftest import bias_jacobians, mlp
+from ecprune.api import PRUNE_STEPS
 from ecprune.criteria import CRITERIA
 
 
@@ -75,7 +76,7 @@ def test_steps_one_is_the_one_shot_method(tiny, method):
     ecprune.prune(one_step, data_for(method, x), 0.5, method=method, steps=1)
     for key, value in one_shot.state_dict().items():
         assert torch.equal(value, one_step.state_dict()[key]), key
-    if method not in ("ecp-refit", "sparsegpt"):  # these update weights after the selection
+    if method not in PRUNE_STEPS:  # these update weights after the selection
         scores = ecprune.importance(model, data_for(method, x), method)
         ecprune.prune_by_importance(model, scores, 0.5)
         for key, value in model.state_dict().items():

@@ -20,7 +20,7 @@ from ecprune.experiments.summary import (
     variant_agreement,
     variant_table,
 )
-from ecprune.plots import STYLES, experiment_figures, style
+from ecprune.plots import STYLES, experiment_figures, style, with_error_rate
 
 DENSE = [1.00, 1.10, 0.90, 1.05, 0.95]
 
@@ -51,6 +51,7 @@ TOY = rows_for({
     ("ecp", "finetune", 0.5): [0.8, 0.81, 0.79, 0.8, 0.82],
     ("random", "finetune", 0.5): [0.9, 0.95, 0.85, 0.9, 0.93],
 })
+TOY_CELLS = cells(TOY)
 
 
 def test_paired_t_test_matches_its_definition():
@@ -125,7 +126,9 @@ def test_small_losses_keep_their_digits():
 
 def test_every_method_has_its_own_colour_and_marker():
     methods = ["ecp", "nonlinear", "magnitude", "gradient", "random", "ecp-nocomp",
-               "magnitude-comp", "fully-connected", "ecp-refit", "sparsegpt", "wanda"]
+               "magnitude-comp", "fully-connected", "ecp-refit", "sparsegpt", "wanda",
+               "ecp-steps10", "ecp-refit-sensitivity", "sparsegpt-refit", "ecp-refit-steps3",
+               "sparsegpt-refit-steps3"]
     assert set(methods) <= set(STYLES)
     assert len({STYLES[m].colour for m in methods}) == len(methods)
     assert len({STYLES[m].marker for m in methods}) == len(methods)
@@ -186,3 +189,24 @@ def test_quick_mnist_end_to_end(tmp_path, capsys):
     assert main(["report", str(tmp_path / "mnist.csv")]) == 0
     assert (tmp_path / "mnist_784-32-32-10_loss.png").is_file()
     assert "cells computed" in capsys.readouterr().out
+
+
+def test_compare_gives_the_change_and_the_paired_p_value_per_ratio(tmp_path, capsys):
+    text = experiment_report(TOY, pairs=[("ecp", "random")])
+    section = text.split("### ecp against random: test loss, prune only")[1].split("###")[0]
+    ecp, rnd = TOY_CELLS[("", "4-3-2", "ecp", "prune", 0.5)], TOY_CELLS[("", "4-3-2", "random",
+                                                                       "prune", 0.5)]
+    p = stats.ttest_rel(list(ecp.values.values()), list(rnd.values.values())).pvalue
+    change = (ecp.mean - rnd.mean) / rnd.mean
+    assert f"| 0.5 | {ecp.mean:.4f} | {change:+.2%} | {p:.3g} |" in section
+    store = ResultsStore(tmp_path / "toy.csv")
+    store.append(TOY)
+    assert main(["report", str(store.path), "--compare", "ecp", "magnitude"]) == 2
+    assert "no rows of method(s) ['magnitude']" in capsys.readouterr().err
+
+
+def test_error_rate_figure_replaces_the_accuracy_one(tmp_path):
+    paths = experiment_figures(TOY, tmp_path, error_rate=True)
+    assert [p.name for p in paths] == ["toy_4-3-2_loss.png", "toy_4-3-2_error.png"]
+    row = with_error_rate(TOY)[-1]
+    assert float(row["test_error"]) == pytest.approx(1 - float(row["test_accuracy"]))

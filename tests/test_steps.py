@@ -86,7 +86,7 @@ def test_bad_steps(tiny, steps):
         ecprune.prune(model, x, 0.5, steps=steps)
 
 
-@pytest.mark.parametrize("method", ["ecp", "ecp-refit", "sparsegpt"])
+@pytest.mark.parametrize("method", ["ecp", "ecp-refit", "sparsegpt", "sparsegpt-refit"])
 def test_a_failure_in_a_later_step_leaves_no_trace(tiny, monkeypatch, method):
     model, x = tiny
     state = copy.deepcopy(model.state_dict())

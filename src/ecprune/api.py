@@ -47,11 +47,13 @@ class Options:
         ``ecprune.sensitivity.AUTO_EXACT_OUTPUTS`` outputs, or ``probes`` if more, else
         Hutchinson).
     probes: probes of the Hutchinson estimate (None: ``ecprune.sensitivity.AUTO_PROBES``).
-    damping: ``"ecp-refit"`` and ``"sparsegpt"``: relative Tikhonov term, ``damping * mean(diag
-        G)`` added to the diagonal of each Gram matrix ``G`` (:func:`ecprune.layerwise.ridge`).
-    block_size: ``"sparsegpt"``: columns per block of its mask selection and lazy updates.
-    refit_weighting: ``"ecp-refit"``: ``"plain"`` least squares on the pre-activations or
-        ``"sensitivity"``, weighted by ECP's ``s_i(x)`` (:mod:`ecprune.refit`).
+    damping: ``"ecp-refit"``, ``"sparsegpt"`` and ``"sparsegpt-refit"``: relative Tikhonov term,
+        ``damping * mean(diag G)`` added to the diagonal of each Gram matrix ``G``
+        (:func:`ecprune.layerwise.ridge`).
+    block_size: ``"sparsegpt"`` (and ``-refit``): columns per block of its mask selection and
+        lazy updates.
+    refit_weighting: ``"ecp-refit"`` and ``"sparsegpt-refit"``: ``"plain"`` least squares on the
+        pre-activations or ``"sensitivity"``, weighted by ECP's ``s_i(x)`` (:mod:`ecprune.refit`).
     """
 
     layers: Iterable[str | nn.Module] | None = None
@@ -308,20 +310,6 @@ def _one_shot(model, data, sparsity, method, scope, options, reference) -> Prune
                                add_bias=options.get("add_bias", False))
 
 
-def _refit(model, data, sparsity, method, scope, options, reference) -> PruneReport:
-    """ECP's selection and shifts, then the layer-wise least-squares refit."""
-    layers = select_layers(model, options.get("layers"))
-    removed = _removed(layers)
-    report = _one_shot(model, data, sparsity, method, scope, options, None)
-    start, opts = time.perf_counter(), _options(options, "prune")
-    if _removed(layers) == removed:
-        return report  # nothing new removed: the model is left as it is
-    refit_layers(model, reference, select_layers(model, list(report.layers)),
-                 _batches(model, data, opts), weighting=opts.refit_weighting,
-                 damping=opts.damping, output_fn=opts.output_fn, progress=opts.progress)
-    return dataclasses.replace(report, seconds=report.seconds + time.perf_counter() - start)
-
-
 def _sparsegpt(model, data, sparsity, method, scope, options, reference) -> PruneReport:
     """Per-layer counts from the selection, then SparseGPT layer by layer."""
     del reference
@@ -344,7 +332,28 @@ def _removed(layers: dict[str, nn.Linear]) -> int:
     return sum(int((~keep_mask(layer)).sum()) for layer in layers.values())
 
 
-PRUNE_STEPS = {"ecp-refit": _refit, "sparsegpt": _sparsegpt}
+def _then_refit(step):
+    """``step`` (a selection and its own compensation), then the layer-wise least-squares refit
+    of every kept weight and bias toward the dense ``reference`` (:mod:`ecprune.refit`)."""
+
+    def refit(model, data, sparsity, method, scope, options, reference) -> PruneReport:
+        layers = select_layers(model, options.get("layers"))
+        removed = _removed(layers)
+        report = step(model, data, sparsity, method, scope, options, None)
+        start, opts = time.perf_counter(), _options(options, "prune")
+        if _removed(layers) == removed:
+            return report  # nothing new removed: the model is left as it is
+        refit_layers(model, reference, select_layers(model, list(report.layers)),
+                     _batches(model, data, opts), weighting=opts.refit_weighting,
+                     damping=opts.damping, output_fn=opts.output_fn, progress=opts.progress)
+        return dataclasses.replace(report, seconds=report.seconds + time.perf_counter() - start)
+
+    return refit
+
+
+PRUNE_STEPS = {"ecp-refit": _then_refit(_one_shot), "sparsegpt": _sparsegpt,
+               "sparsegpt-refit": _then_refit(_sparsegpt)}
+REFITTING = ("ecp-refit", "sparsegpt-refit")
 
 
 def step_sparsities(start: float, sparsity: float, steps: int) -> list[float]:
@@ -387,12 +396,13 @@ def prune(model: nn.Module, data: object, sparsity: float, method: str = "ecp",
     Compensating methods (ecp, nonlinear, magnitude-comp) add the shifts of the removed
     weights to their neurons' biases; ``"ecp-refit"`` then refits the kept weights and biases
     layer by layer (:mod:`ecprune.refit`); ``"sparsegpt"`` prunes and updates layer by layer
-    (:mod:`ecprune.sparsegpt`). Masks use ``torch.nn.utils.prune`` (``weight_orig`` +
-    ``weight_mask``); weights already masked stay pruned and count toward ``sparsity``.
+    (:mod:`ecprune.sparsegpt`), ``"sparsegpt-refit"`` then refits like ``"ecp-refit"``. Masks
+    use ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``); weights already masked
+    stay pruned and count toward ``sparsity``.
     ``scope``: ``"global"``, ``"layer"`` or ``"row"``; None picks the method's own (``"row"``
     for Wanda, else ``"global"``). ``steps=k`` reaches ``sparsity`` in ``k`` prunings
     (:func:`step_sparsities`), re-scoring and re-compensating the current pruned network each
-    time (``"ecp-refit"`` refits toward the network as it was before the first step). It is
+    time (the refitting methods refit toward the network as it was before the first step). It is
     all or nothing: on an error the model is left as it was.
 
     Examples
@@ -412,7 +422,7 @@ def prune(model: nn.Module, data: object, sparsity: float, method: str = "ecp",
     if steps > 1 or step is not _one_shot:
         check_reiterable(data, f"method={method!r} with steps={steps}")
     layers = select_layers(model, opts.layers)
-    reference = detached_copy(model) if step is _refit else None
+    reference = detached_copy(model) if method in REFITTING else None
     start = _removed(layers) / sum(layer.weight.numel() for layer in layers.values())
     with preserved(layers):
         reports = [step(model, data, target, method, scope, options, reference)

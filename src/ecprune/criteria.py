@@ -245,6 +245,15 @@ class SparseGPT(Criterion):
         return LayerImportance(mean_sensitivity * saliency, None)
 
 
+class SparseGPTRefit(SparseGPT):
+    """SparseGPT's scores; :func:`ecprune.prune` runs SparseGPT, then refits every row's kept
+    weights and bias toward the dense pre-activations like ``"ecp-refit"``: OBS selection with
+    the least-squares refit (the better selection on the diffusion-sorption problem,
+    docs/beyond.md)."""
+
+    name = "sparsegpt-refit"
+
+
 class Wanda(Criterion):
     """Wanda (Sun, Liu, Bair and Kolter, "A simple and effective pruning approach for large
     language models", 2023): ``|W_ij| ||a_j||_2`` with the norm over the data, compared within
@@ -261,7 +270,7 @@ class Wanda(Criterion):
 CRITERIA: dict[str, type[Criterion]] = {
     cls.name: cls
     for cls in (ECP, ECPNoCompensation, Nonlinear, Magnitude, Gradient, Random,
-                MagnitudeCompensated, ECPRefit, SparseGPT, Wanda)
+                MagnitudeCompensated, ECPRefit, SparseGPT, SparseGPTRefit, Wanda)
 }
 
 

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .experiments.summary import METRICS, Cell, Key, cells, unique
+from .experiments.summary import METRICS, Cell, Key, cells, phases, unique
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ STYLES: dict[str, Style] = {
     "fully-connected": Style("#8c564b", "*", "fully-connected (narrow)"),
     "sparsegpt": Style("#bcbd22", "<", "SparseGPT"),
     "wanda": Style("#393b79", ">", "Wanda"),
+    "ecp-steps10": Style("#8b0000", "d", "ECP, 10 steps"),
+    "ecp-refit-sensitivity": Style("#6a3d9a", "p", "ECP + weighted refit"),
+    "sparsegpt-refit": Style("#556b2f", "X", "SparseGPT + refit"),
+    "ecp-refit-steps3": Style("#008080", "8", "ECP + refit, 3 steps"),
+    "sparsegpt-refit-steps3": Style("#9acd32", "H", "SparseGPT + refit, 3 steps"),
 }
 # Methods not in the table get a colour of this palette chosen by a hash of their name.
 FALLBACK = plt.get_cmap("tab20b")
@@ -48,9 +53,11 @@ FALLBACK = plt.get_cmap("tab20b")
 PLAIN = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
 MINOR = matplotlib.ticker.FuncFormatter(
     lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
+# ``ecprune report --error-rate``: 1 - test accuracy, on a log axis (separates 0.97 from 0.95).
+ERROR = "test_error"
+LABELS = {**METRICS, ERROR: "test error (1 - accuracy)"}
 # ECP is drawn over the baselines it often coincides with (non-linear, its own ablation).
 ON_TOP = {"ecp": 3}
-PHASE_TITLES = {"prune": "prune only", "finetune": "prune + fine-tune"}
 
 
 def style(method: str) -> Style:
@@ -86,22 +93,25 @@ def _draw_dense(ax, table: dict[Key, Cell], variant: str, arch: str) -> None:
 
 def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: str | Path,
                   variants: Sequence[str] | None = None, log: bool | None = None) -> Path:
-    """The paper's layout for one architecture: columns = prune only / prune + fine-tune,
-    rows = variants (e.g. noise levels); mean over seeds per method against the ratio, the
-    band spans the seeds' min-max, the dense network as a dashed line with its band."""
+    """The paper's layout for one architecture: columns = prune only / prune + fine-tune (the
+    phases present), rows = variants (e.g. noise levels); mean over seeds per method against
+    the ratio, the band spans the seeds' min-max, the dense network as a dashed line with its
+    band."""
     table = cells(rows, metric)
     variants = list(variants if variants is not None else unique(rows, "variant"))
     methods = [m for m in unique(rows, "method") if m != "dense"]
-    log = metric == "test_loss" if log is None else log
-    fig, axes = plt.subplots(len(variants), 2, figsize=(11, 4.2 * len(variants)),
+    titles = phases(rows)
+    log = metric != "test_accuracy" if log is None else log
+    fig, axes = plt.subplots(len(variants), len(titles),
+                             figsize=(5.5 * len(titles) + 1.5, 4.2 * len(variants)),
                              squeeze=False)
     for row_axes, variant in zip(axes, variants, strict=True):
-        for ax, phase in zip(row_axes, PHASE_TITLES, strict=True):
+        for ax, phase in zip(row_axes, titles, strict=True):
             for method in methods:
                 _draw_method(ax, table, variant, arch, method, phase)
             _draw_dense(ax, table, variant, arch)
-            title = f"{arch}: {PHASE_TITLES[phase]}" + (f" ({variant})" if variant else "")
-            ax.set(title=title, xlabel="pruning ratio", ylabel=METRICS[metric])
+            title = f"{arch}: {titles[phase]}" + (f" ({variant})" if variant else "")
+            ax.set(title=title, xlabel="pruning ratio", ylabel=LABELS[metric])
             if log:
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(PLAIN)
@@ -110,9 +120,10 @@ def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: s
     legend = {}
     for ax in axes.flat:
         legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
-    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(5, len(legend)),
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.1 / len(variants), 1, 1))
+    columns = min(5 if len(titles) > 1 else 3, len(legend))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=columns, frameon=False)
+    rows_of_legend = -(-len(legend) // columns)
+    fig.tight_layout(rect=(0, 0.05 * rows_of_legend / len(variants), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -120,12 +131,22 @@ def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: s
     return path
 
 
-def experiment_figures(rows: list[dict[str, str]], out: str | Path) -> list[Path]:
-    """Every architecture's loss figure and, for classification, accuracy figure."""
+def with_error_rate(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows with ``test_error = 1 - test_accuracy`` where they have an accuracy."""
+    return [{**row, ERROR: f"{1 - float(row['test_accuracy']):.6g}"}
+            if row.get("test_accuracy", "") != "" else row for row in rows]
+
+
+def experiment_figures(rows: list[dict[str, str]], out: str | Path, *,
+                       error_rate: bool = False) -> list[Path]:
+    """Every architecture's loss figure and, for classification, accuracy figure (with
+    ``error_rate``: test error figure, log axis)."""
     paths = []
+    shown = [m if not error_rate or m != "test_accuracy" else ERROR for m in METRICS]
+    rows = with_error_rate(rows) if error_rate else rows
     for experiment in unique(rows, "experiment"):
         mine = [row for row in rows if row["experiment"] == experiment]
-        metrics = [m for m in METRICS if any(row.get(m, "") != "" for row in mine)]
+        metrics = [m for m in shown if any(row.get(m, "") != "" for row in mine)]
         for arch in unique(mine, "arch"):
             for metric in metrics:
                 name = f"{experiment}_{arch}_{metric.removeprefix('test_')}.png"

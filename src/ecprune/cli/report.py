@@ -10,9 +10,11 @@ from ..experiments.store import RESULT_FIELDS, read_rows
 EPILOG = """examples:
   ecprune report docs/results/mnist.csv --out docs/figures
   ecprune report results/mnist.csv          # figures next to the CSV
+  ecprune report docs/results/beyond-mnist.csv --compare ecp-refit sparsegpt-refit
 
 Writes NAME_ARCH_loss.png (and NAME_ARCH_accuracy.png for classification) per architecture
-and NAME_summary.md, and prints the summary.
+and NAME_summary.md, and prints the summary; with NAME-timings.csv next to the CSV, the summary
+gives the pruning time in gradient passes.
 """
 
 
@@ -30,8 +32,13 @@ def run(args: argparse.Namespace) -> int:
                                                           if missing else "")
                          + "; expected a CSV written by `ecprune reproduce`.")
     out = Path(args.out) if args.out else path.parent
-    figures = experiment_figures(rows, out)
-    summary = experiment_report(rows)
+    figures = experiment_figures(rows, out, error_rate=args.error_rate)
+    pairs = [tuple(pair) for pair in args.compare or []]
+    unknown = sorted({m for pair in pairs for m in pair} - {row["method"] for row in rows})
+    if unknown:
+        raise ValueError(f"--compare: no rows of method(s) {unknown} in {path}.")
+    summary = experiment_report(rows, read_rows(path.with_name(f"{path.stem}-timings.csv")),
+                                pairs)
     summary_path = out / f"{path.stem}_summary.md"
     summary_path.write_text(summary)
     print(summary)
@@ -50,4 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("results", help="results CSV written by `ecprune reproduce`")
     parser.add_argument("--out", default=None,
                         help="directory for figures and summary (default: the CSV's)")
+    parser.add_argument("--error-rate", action="store_true",
+                        help="plot the test error 1 - accuracy on a log axis instead of the "
+                             "accuracy (NAME_ARCH_error.png)")
+    parser.add_argument("--compare", nargs=2, action="append", metavar=("METHOD", "REFERENCE"),
+                        help="also compare METHOD with REFERENCE per ratio, paired over seeds "
+                             "(repeatable)")
     parser.set_defaults(run=run)

@@ -1,9 +1,10 @@
 """The paper's experiments: settings, batched training, a resumable runner, a results store.
 
 Each experiment is registered in :data:`EXPERIMENTS` with its full and quick settings and a
-data loader ``load(variant) -> Split``; ``ecprune reproduce NAME`` runs it. Two are:
-``mnist`` (classification, cross-entropy) and ``diffsorp`` (regression, MSE, one variant per
-noise level).
+data loader ``load(variant) -> Split``; ``ecprune reproduce NAME`` runs it. The paper's two
+are ``mnist`` (classification, cross-entropy) and ``diffsorp`` (regression, MSE, one variant
+per noise level); ``beyond-mnist`` and ``beyond-diffsorp`` compare the methods beyond the paper
+on their networks, prune only (:mod:`.beyond`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .beyond import BEYOND_DIFFSORP, BEYOND_DIFFSORP_QUICK, BEYOND_MNIST, BEYOND_MNIST_QUICK
 from .config import ExperimentConfig
 from .diffsorp import DIFFSORP, DIFFSORP_QUICK, load_diffsorp_split, snapshot_figures
 from .job import Split
@@ -34,6 +36,10 @@ EXPERIMENTS: dict[str, Experiment] = {
     "mnist": Experiment(full=MNIST, quick=MNIST_QUICK, load=load_mnist_split),
     "diffsorp": Experiment(full=DIFFSORP, quick=DIFFSORP_QUICK, load=load_diffsorp_split,
                            figures=snapshot_figures),
+    "beyond-mnist": Experiment(full=BEYOND_MNIST, quick=BEYOND_MNIST_QUICK,
+                               load=load_mnist_split),
+    "beyond-diffsorp": Experiment(full=BEYOND_DIFFSORP, quick=BEYOND_DIFFSORP_QUICK,
+                                  load=load_diffsorp_split),
 }
 
 __all__ = ["EXPERIMENTS", "Experiment", "ExperimentConfig", "RunReport", "Split",

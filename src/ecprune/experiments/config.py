@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import ecprune
+from .methods import check_labels
 
 # The paper's five baselines and ECP, plus the two ablations (score vs compensation).
 PAPER_METHODS = ("ecp", "nonlinear", "magnitude", "gradient", "random", "ecp-nocomp",
@@ -53,7 +53,9 @@ class ExperimentConfig:
     ``finetune_epochs`` with its mask frozen, and train the width-reduced dense baselines
     ("fully-connected") for ``epochs + finetune_epochs`` from scratch. Every training run
     uses Adam at learning rate ``lr`` decayed geometrically to ``lr * lr_decay`` over its
-    epochs (:class:`~ecprune.experiments.training.TrainSettings`; 1.0: constant).
+    epochs (:class:`~ecprune.experiments.training.TrainSettings`; 1.0: constant). ``methods``
+    are labels (:func:`~ecprune.experiments.methods.parse_label`: e.g. ``"ecp-steps10"``);
+    ``finetune=False`` stops after pruning (prune-only grids).
     """
 
     name: str
@@ -70,11 +72,10 @@ class ExperimentConfig:
     fully_connected: bool = True
     lr: float = 1e-3
     lr_decay: float = 1.0
+    finetune: bool = True
 
     def __post_init__(self):
-        unknown = sorted(set(self.methods) - set(ecprune.METHODS))
-        if unknown:
-            raise ValueError(f"Unknown method(s) {unknown}; expected some of {ecprune.METHODS}.")
+        check_labels(self.methods)
         if not all(0 < r < 1 for r in self.ratios):
             raise ValueError(f"Ratios must lie in (0, 1); got {self.ratios}.")
         if self.loss not in LOSSES:

@@ -4,7 +4,10 @@ Units, in order, each skipped when its rows are already in the results CSV:
 
 1. ``train-dense``: train the dense network (kept as a checkpoint until the job ends);
 2. ``score-<method>``: score it once per method (scores kept as checkpoints too), prune a copy
-   at every ratio with :func:`ecprune.prune_by_importance`, evaluate ("prune" rows);
+   at every ratio with :func:`ecprune.prune_by_importance`, evaluate ("prune" rows); a method
+   label with steps or a data-driven weight update (:mod:`.methods`) is pruned with
+   :func:`ecprune.prune` once per ratio instead, each pruned network kept as a checkpoint; the
+   time of one gradient pass over the training set is recorded as the unit of cost;
 3. ``finetune``: all pruned networks of the job fine-tuned at once as one stacked model, masks
    frozen ("finetune" rows);
 4. ``fully-connected``: the width-reduced dense baselines, stacked, trained from scratch.
@@ -30,9 +33,10 @@ from ecprune.api import Importances
 from ecprune.criteria import LayerImportance
 
 from .config import ExperimentConfig, arch_name, reduced_widths, weight_count
+from .methods import masked_template, parse_label, prune_copy
 from .stacked import StackedMLP, mlp
 from .store import CsvStore, format_ratio, row_key
-from .training import TrainSettings, evaluate, train
+from .training import TrainSettings, evaluate, gradient_pass_seconds, train
 
 # Fine-tuning draws its batch order from its own stream, not a replay of the dense training's.
 FINETUNE_STREAM = 10_000
@@ -70,8 +74,8 @@ class Job:
 def job_cells(config: ExperimentConfig) -> list[tuple[str, float, str]]:
     """``(method, ratio, phase)`` of every result row of one job."""
     cells = [("dense", 0.0, "dense")]
-    cells += [(m, r, p) for p in ("prune", "finetune") for m in config.methods
-              for r in config.ratios]
+    phases = ("prune", "finetune") if config.finetune else ("prune",)
+    cells += [(m, r, p) for p in phases for m in config.methods for r in config.ratios]
     if config.fully_connected:
         cells += [(FULLY_CONNECTED, r, "finetune") for r in config.ratios]
     return cells
@@ -130,7 +134,7 @@ class JobRunner:
         self.timings.append([{"experiment": self.config.name, "variant": self.job.variant,
                               "arch": arch_name(self.job.widths), "seed": self.job.seed,
                               "unit": unit, "networks": networks, "epochs": epochs,
-                              "seconds": f"{seconds:.3f}"}])
+                              "seconds": f"{seconds:.6g}"}])
 
     def settings(self, epochs: int, stream: int = 0) -> TrainSettings:
         return TrainSettings(epochs=epochs, batch_size=self.config.batch_size,
@@ -138,14 +142,14 @@ class JobRunner:
                              lr=self.config.lr, lr_decay=self.config.lr_decay)
 
     def evaluation_rows(self, model: StackedMLP, cells: list[tuple[str, float]], phase: str,
-                        epochs: int, extra: dict | None = None) -> list[dict]:
+                        epochs: int, extras: list[dict] | None = None) -> list[dict]:
         losses, accuracies = evaluate(model, self.split.x_test, self.split.y_test,
                                       self.config.loss)
         kept = [int(sum(m[k].sum() for m in model.masks())) for k in range(model.count)]
         return [self.row(method, ratio, phase, kept=kept[k], epochs=epochs,
                          test_loss=f"{losses[k].item():.8g}",
                          test_accuracy="" if accuracies is None
-                         else f"{accuracies[k].item():.6g}", **(extra or {}).get(method, {}))
+                         else f"{accuracies[k].item():.6g}", **(extras[k] if extras else {}))
                 for k, (method, ratio) in enumerate(cells)]
 
     def run(self) -> None:
@@ -154,8 +158,12 @@ class JobRunner:
         cells = job_cells(self.config)
         if any(self.missing(*cell) for cell in cells if cell[0] != FULLY_CONNECTED):
             dense = self.dense()
-            scores = {method: self.prune_only(dense, method) for method in self.config.methods}
-            self.finetune(dense, scores)
+            if any(self.missing(*cell) for cell in cells if cell[2] == "prune"):
+                self.record_time("gradient-pass", 1, 0, gradient_pass_seconds(
+                    dense, self.split.x_train, self.split.y_train, self.config.loss))
+            pruned = {label: self.prune_only(dense, label) for label in self.config.methods}
+            if self.config.finetune:
+                self.finetune(pruned)
         if self.config.fully_connected:
             self.fully_connected()
         shutil.rmtree(self.checkpoints, ignore_errors=True)
@@ -194,39 +202,39 @@ class JobRunner:
 
     def pruned(self, dense: torch.nn.Sequential, scores: Importances,
                ratio: float) -> torch.nn.Sequential:
+        """A copy of ``dense`` pruned to ``ratio`` from precomputed ``scores``."""
         model = copy.deepcopy(dense)
         ecprune.prune_by_importance(model, scores, ratio)
         return model
 
-    def prune_only(self, dense: torch.nn.Sequential, method: str) -> Importances:
-        """Score with ``method``, prune at every ratio and write the missing "prune" rows."""
-        scores = self.importances(dense, method)
-        ratios = [r for r in self.config.ratios if self.missing(method, r, "prune")]
+    def prune_only(self, dense: torch.nn.Sequential, label: str) -> Pruned:
+        """Prune with method ``label`` at every ratio lacking a "prune" row and write them."""
+        pruned = Pruned(self, dense, label)
+        ratios = [r for r in self.config.ratios if self.missing(label, r, "prune")]
         if ratios:
             start = time.perf_counter()
-            stacked = StackedMLP.from_models([self.pruned(dense, scores, r) for r in ratios])
-            extra = {method: {"score_seconds": f"{scores.seconds:.4f}"}}
-            self.write(self.evaluation_rows(stacked, [(method, r) for r in ratios], "prune",
-                                            self.config.epochs, extra))
-            self.record_time(f"prune-evaluate-{method}", len(ratios), 0,
+            models, extras = pruned.stack(ratios)
+            self.write(self.evaluation_rows(models, [(label, r) for r in ratios], "prune",
+                                            self.config.epochs, extras))
+            self.record_time(f"prune-evaluate-{label}", len(ratios), 0,
                              time.perf_counter() - start)
-        return scores
+        return pruned
 
-    def finetune(self, dense: torch.nn.Sequential, scores: dict[str, Importances]) -> None:
+    def finetune(self, pruned: dict[str, Pruned]) -> None:
         """Fine-tune every pruned network lacking a "finetune" row, all at once."""
         cells = [(m, r) for m in self.config.methods for r in self.config.ratios
                  if self.missing(m, r, "finetune")]
         if not cells:
             return
-        stacked = StackedMLP.from_models([self.pruned(dense, scores[m], r) for m, r in cells])
+        models = [pruned[m].get(r) for m, r in cells]
+        stacked = StackedMLP.from_models([model for model, _ in models])
         epochs = self.config.finetune_epochs
         seconds = train(stacked, self.split.x_train, self.split.y_train,
                         self.settings(epochs, FINETUNE_STREAM),
                         checkpoint=self.checkpoints / f"finetune-{_digest(cells)}.pt")
         self.record_time("finetune", len(cells), epochs, seconds)
-        extra = {m: {"score_seconds": f"{scores[m].seconds:.4f}"} for m in scores}
-        self.write(self.evaluation_rows(stacked, cells, "finetune",
-                                        self.config.epochs + epochs, extra))
+        self.write(self.evaluation_rows(stacked, cells, "finetune", self.config.epochs + epochs,
+                                        [_cost(seconds) for _, seconds in models]))
 
     def fully_connected(self) -> None:
         """Train the width-reduced dense baselines lacking a row, all at once."""
@@ -248,3 +256,43 @@ class JobRunner:
 def _digest(cells: list[tuple[str, float]]) -> str:
     """Names a training checkpoint by the networks it holds, so a changed grid never loads it."""
     return hashlib.sha1(repr(cells).encode()).hexdigest()[:10]
+
+
+def _cost(seconds: float) -> dict:
+    return {"score_seconds": f"{seconds:.4f}"}
+
+
+class Pruned:
+    """Copies of one job's dense network pruned by one method label, with the seconds each
+    cost: from one set of scores (:meth:`JobRunner.importances`) for the paper's methods, else
+    by :func:`~ecprune.experiments.methods.prune_copy` per ratio, kept as a checkpoint."""
+
+    def __init__(self, runner: JobRunner, dense: torch.nn.Sequential, label: str):
+        self.runner, self.dense, self.label = runner, dense, label
+        self.spec = parse_label(label)
+        self.scores = runner.importances(dense, self.spec.method) if self.spec.scores_once \
+            else None
+
+    def get(self, ratio: float) -> tuple[torch.nn.Sequential, float]:
+        """The network pruned to ``ratio`` and the seconds its pruning took."""
+        if self.scores is not None:
+            return self.runner.pruned(self.dense, self.scores, ratio), self.scores.seconds
+        path = self.runner.checkpoints / f"pruned-{self.label}-{format_ratio(ratio)}.pt"
+        if path.is_file():
+            state = torch.load(path, map_location=self.runner.device, weights_only=True)
+            model = masked_template(copy.deepcopy(self.dense))
+            model.load_state_dict(state["model"])
+            return model, state["seconds"]
+        split, config = self.runner.split, self.runner.config
+        model, seconds = prune_copy(self.dense, TensorDataset(split.x_train, split.y_train),
+                                    ratio, self.spec, seed=self.runner.job.seed,
+                                    loss=config.loss, nonlinear_samples=config.nonlinear_samples)
+        self.runner.record_time(f"prune-{self.label}-{format_ratio(ratio)}", 1, 0, seconds)
+        torch.save({"model": model.state_dict(), "seconds": seconds}, path)
+        return model, seconds
+
+    def stack(self, ratios: list[float]) -> tuple[StackedMLP, list[dict]]:
+        """The pruned networks at ``ratios`` stacked, and their cost columns."""
+        models = [self.get(r) for r in ratios]
+        return (StackedMLP.from_models([model for model, _ in models]),
+                [_cost(seconds) for _, seconds in models])

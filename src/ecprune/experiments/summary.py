@@ -225,33 +225,60 @@ def variant_agreement(table: dict[Key, Cell], arch: str, phase: str,
 
 
 def change_table(table: dict[Key, Cell], variant: str, arch: str, method: str,
-                 phase: str) -> str:
-    """Per ratio: ``method``'s mean loss, its change relative to dense, paired p-value."""
+                 phase: str, reference: str | None = None) -> str:
+    """Per ratio: ``method``'s mean, its change relative to ``reference`` (that method at the
+    same ratio and phase; None: the dense network) and the paired p-value."""
     dense = table[(variant, arch, "dense", "dense", 0.0)]
-    lines = ["| ratio | mean | vs dense | p (paired) |", "| --- | --- | --- | --- |"]
+    digits = 1 if reference is None else 2  # two methods often differ by less than 0.1 %
+    lines = [f"| ratio | mean | vs {reference or 'dense'} | p (paired) |",
+             "| --- | --- | --- | --- |"]
     for ratio in _ratios(table, variant, arch, phase):
         cell = table.get((variant, arch, method, phase, ratio))
-        if cell is not None:
-            change = (cell.mean - dense.mean) / dense.mean
-            lines.append(f"| {ratio:g} | {number(cell.mean)} | {change:+.1%} | "
-                         f"{compare(cell, dense, paired=True):.3g} |")
+        base = dense if reference is None else table.get((variant, arch, reference, phase, ratio))
+        if cell is not None and base is not None:
+            change = (cell.mean - base.mean) / base.mean
+            lines.append(f"| {ratio:g} | {number(cell.mean)} | {change:+.{digits}%} | "
+                         f"{compare(cell, base, paired=True):.3g} |")
     return "\n".join(lines)
 
 
-def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
+PHASE_LABELS = {"prune": "prune only", "finetune": "prune + fine-tune"}
+
+
+def phases(rows: Iterable[dict[str, str]]) -> dict[str, str]:
+    """The pruning phases present in ``rows`` (a prune-only grid has no "finetune")."""
+    present = {row["phase"] for row in rows}
+    return {phase: label for phase, label in PHASE_LABELS.items() if phase in present}
+
+
+def _pairs(tables: dict[str, dict[Key, Cell]], present: dict[str, str], variant: str,
+           arch: str, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    out = []
+    for method, reference in pairs:
+        for metric, table in tables.items():
+            for phase, label in present.items():
+                if table:
+                    out += [f"### {method} against {reference}: {metric}, {label}", "",
+                            change_table(table, variant, arch, method, phase, reference), ""]
+    return out
+
+
+def _section(rows: list[dict[str, str]], variant: str, arch: str,
+             pairs: Sequence[tuple[str, str]] = ()) -> list[str]:
     loss = cells(rows, "test_loss")
     accuracy = cells(rows, "test_accuracy")
     methods = [m for m in unique(rows, "method") if m != "dense"]
+    present = phases(rows)
     ratios = _ratios(loss, variant, arch, "prune") or _ratios(loss, variant, arch, "finetune")
     dense = loss[(variant, arch, "dense", "dense", 0.0)]
     title = f"{arch}" + (f", {variant}" if variant else "")
     out = [f"## {title}", "",
            f"Dense: test loss {number(dense.mean)} (seeds {number(dense.low)}-"
            f"{number(dense.high)})"
-           + (f", accuracy {accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean:.4f}"
+           + (f", accuracy {number(accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean)}"
               if accuracy else "") + f", {len(dense.values)} seeds.", ""]
     for metric, table in (("test loss", loss), ("test accuracy", accuracy)):
-        for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+        for phase, label in present.items():
             if table:
                 out += [f"### Mean {metric}, {label}", "",
                         markdown_table(table, variant=variant, arch=arch, phase=phase,
@@ -262,12 +289,14 @@ def _section(rows: list[dict[str, str]], variant: str, arch: str) -> list[str]:
         if (variant, arch, method, "prune", ratios[0]) in loss:
             by_test, by_band = no_change_ratios(loss, variant, arch, method)
             out.append(f"| {method} | {by_test:g} | {by_band:g} |")
-    for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+    for phase, label in present.items():
         out += ["", f"### Ranking by mean test loss, {label}", "",
                 winners_table(loss, variant, arch, phase)]
-    out += ["", "### ECP's test loss against dense, prune + fine-tune", "",
-            change_table(loss, variant, arch, "ecp", "finetune"), ""]
-    return out
+    if "finetune" in present:
+        out += ["", "### ECP's test loss against dense, prune + fine-tune", "",
+                change_table(loss, variant, arch, "ecp", "finetune")]
+    tables = {"test loss": loss, "test accuracy": accuracy}
+    return [*out, "", *_pairs(tables, present, variant, arch, pairs)]
 
 
 def scoring_seconds(rows: list[dict[str, str]]) -> str:
@@ -283,6 +312,34 @@ def scoring_seconds(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def cost_table(rows: list[dict[str, str]], timings: list[dict[str, str]]) -> str:
+    """Mean over seeds of each method's pruning seconds (``score_seconds``: scoring, steps and
+    weight updates) divided by the same job's gradient pass (the mean of its measurements when
+    a resumed job measured it again), per architecture and ratio; empty when the timings hold
+    no "gradient-pass" unit."""
+    passes: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for t in timings:
+        if t["unit"] == "gradient-pass":
+            passes[(t["variant"], t["arch"], t["seed"])].append(float(t["seconds"]))
+    unit = {job: float(np.mean(seconds)) for job, seconds in passes.items()}
+    ratios: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    for row in rows:
+        job = (row["variant"], row["arch"], row["seed"])
+        if row["phase"] == "prune" and row.get("score_seconds") and unit.get(job):
+            key = (row["arch"], row["method"], float(row["ratio"]))
+            ratios[key].append(float(row["score_seconds"]) / unit[job])
+    if not ratios:
+        return ""
+    columns = sorted({key[2] for key in ratios})
+    lines = ["| architecture | method | " + " | ".join(f"{r:g}" for r in columns) + " |",
+             "|" + " --- |" * (len(columns) + 2)]
+    for arch, method in dict.fromkeys(key[:2] for key in ratios):
+        entries = [f"{np.mean(ratios[(arch, method, r)]):.1f}" if (arch, method, r) in ratios
+                   else "" for r in columns]
+        lines.append(f"| {arch} | {method} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
 def _across_variants(rows: list[dict[str, str]], arch: str) -> list[str]:
     """Head-to-head counts over all variants and ratios; with several variants, each
     method's mean loss per variant side by side."""
@@ -291,7 +348,7 @@ def _across_variants(rows: list[dict[str, str]], arch: str) -> list[str]:
     methods = [m for m in unique(rows, "method") if m != "dense"]
     title = f"{arch}, all variants" if len(variants) > 1 else arch
     out = []
-    for phase, label in (("prune", "prune only"), ("finetune", "prune + fine-tune")):
+    for phase, label in phases(rows).items():
         out += [f"### {title}: ECP head to head, {label} (paired t-tests, alpha {ALPHA})", "",
                 head_to_head(loss, arch, phase), ""]
         if len(variants) > 1:
@@ -302,8 +359,11 @@ def _across_variants(rows: list[dict[str, str]], arch: str) -> list[str]:
     return out
 
 
-def experiment_report(rows: list[dict[str, str]]) -> str:
-    """The markdown summary of one results CSV: tables and significance per architecture."""
+def experiment_report(rows: list[dict[str, str]], timings: list[dict[str, str]] | None = None,
+                      pairs: Sequence[tuple[str, str]] = ()) -> str:
+    """The markdown summary of one results CSV: tables and significance per architecture, the
+    cost of pruning in gradient passes when ``timings`` (the timings CSV) are given, and for
+    every ``(method, reference)`` of ``pairs`` the change and paired p-value per ratio."""
     out = []
     for experiment in unique(rows, "experiment"):
         mine = [row for row in rows if row["experiment"] == experiment]
@@ -318,7 +378,13 @@ def experiment_report(rows: list[dict[str, str]]) -> str:
             for variant in unique(ready, "variant"):
                 if (variant, arch) in started:
                     out += _section([r for r in ready if (r["variant"], r["arch"])
-                                     == (variant, arch)], variant, arch)
+                                     == (variant, arch)], variant, arch, pairs)
             out += _across_variants([r for r in ready if r["arch"] == arch], arch)
         out += ["## Scoring time", "", scoring_seconds(mine), ""]
+        cost = cost_table(mine, [t for t in timings or [] if t["experiment"] == experiment])
+        if cost:
+            out += ["## Pruning time in gradient passes (mean over seeds, per ratio)", "",
+                    "Seconds to prune the dense network to each ratio (scoring, every step and "
+                    "weight update) over the seconds of one forward + backward pass over the "
+                    "training set, measured in the same job.", "", cost, ""]
     return "\n".join(out)

@@ -117,3 +117,19 @@ def evaluate(model: StackedMLP, x: torch.Tensor, y: torch.Tensor,
             correct += (outputs.argmax(-1) == yb).sum(1).to(torch.float64)
     accuracy = correct / len(x) if loss == "cross_entropy" else None
     return total_loss / len(x), accuracy
+
+
+def gradient_pass_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
+                          *, repeats: int = 3) -> float:
+    """Median seconds of one gradient pass of ``model`` over all of ``(x, y)`` (forward and
+    backward in chunks of :data:`EVAL_CHUNK`, weight gradients accumulated): the unit in which
+    the cost of pruning is reported."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for begin in range(0, len(x), EVAL_CHUNK):
+            xb, yb = x[begin:begin + EVAL_CHUNK], y[begin:begin + EVAL_CHUNK]
+            (stacked_losses(model(xb)[None], yb, loss).sum() * len(xb)).backward()
+        times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return sorted(times)[len(times) // 2]
