@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         if experiment.figures is None:
             raise ValueError(f"--figures: experiment {args.experiment!r} has no figures "
                              "beyond `ecprune report`'s.")
+        if args.threads is not None:  # the figures train in this process
+            torch.set_num_threads(args.threads)
         for path in experiment.figures(config, args.figures, data_dir=args.data_dir):
             print(f"wrote {path}")
     return 0
