@@ -11,6 +11,8 @@ import torch
 
 import ecprune
 
+from .command import add_command
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -36,10 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "info", help="versions, devices and available datasets",
+    add_command(
+        subparsers, "info", run, help="versions, devices and available datasets",
         description="Print ecprune's and torch's versions, the compute devices and datasets.",
         epilog="example:\n  ecprune info",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(run=run)

@@ -23,6 +23,7 @@ from ecprune.criteria import CRITERIA, LOSSES
 from ecprune.layers import copy_model, model_dtype_device, select_layers
 from ecprune.statistics import LayerTape, eval_mode, forward
 
+from .command import add_command
 from .data_files import FORMATS, LoadedData, load_data
 from .loading import is_factory_spec, load_model
 from .prune_output import Outputs, build_report, format_table, plan_outputs, write_outputs
@@ -258,11 +259,12 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "prune", help="prune your model on your data; write the model and a report",
+    parser = add_command(
+        subparsers, "prune", run,
+        help="prune your model on your data; write the model and a report",
         description="Prune the nn.Linear weights of MODEL, scored on the inputs in DATA, and\n"
                     "write the pruned model (masks baked in), a JSON report and a table.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     parser.add_argument("model", metavar="MODEL",
                         help="file saved with torch.save(model) (needs --trust-model), or "
@@ -273,4 +275,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_data_options(parser)
     _add_pruning_options(parser)
     _add_output_options(parser)
-    parser.set_defaults(run=run)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..experiments.store import RESULT_FIELDS, read_rows
+from .command import add_command
 
 EPILOG = """examples:
   ecprune report docs/results/mnist.csv --out docs/figures
@@ -48,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "report", help="figures and a markdown summary of a results CSV",
+    parser = add_command(
+        subparsers, "report", run, help="figures and a markdown summary of a results CSV",
         description="Plot test loss (and accuracy) against the pruning ratio per method and "
                     "architecture, and summarise the results with significance tests.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     parser.add_argument("results", help="results CSV written by `ecprune reproduce`")
     parser.add_argument("--out", default=None,
@@ -63,4 +64,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compare", nargs=2, action="append", metavar=("METHOD", "REFERENCE"),
                         help="also compare METHOD with REFERENCE per ratio, paired over seeds "
                              "(repeatable)")
-    parser.set_defaults(run=run)

@@ -9,6 +9,7 @@ from dataclasses import replace
 import torch
 
 from ..experiments import EXPERIMENTS, run_experiment
+from .command import add_command
 
 EPILOG = """examples:
   ecprune reproduce mnist --quick --out /tmp/mnist-quick
@@ -61,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "reproduce", help="run one of the paper's experiments (resumable)",
+    parser = add_command(
+        subparsers, "reproduce", run, help="run one of the paper's experiments (resumable)",
         description="Train, prune (every method, every ratio), fine-tune with frozen masks and "
                     "evaluate, for every architecture and seed of an experiment.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
     parser.add_argument("--quick", action="store_true",
@@ -89,4 +90,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="torch threads per process (default: torch's choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: on a terminal)")
-    parser.set_defaults(run=run)
