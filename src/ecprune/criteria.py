@@ -262,6 +262,9 @@ class Wanda(Criterion):
     name = "wanda"
     default_scope = "row"
 
+    def request(self, *, loss, samples: int, seed: int) -> StatisticsRequest:
+        return StatisticsRequest(input_norms=True, seed=seed)
+
     def layer_importance(self, name: str, context: ScoringContext) -> LayerImportance:
         norms = context.statistics.layers[name].input_sq_sum.sqrt()
         return LayerImportance(_float64(context.weights[name]).abs() * norms[None, :], None)

@@ -8,7 +8,8 @@ For each selected layer with input activations ``a`` (B, n_in) and pre-activatio
   one GEMM ``s^T [a - c, (a - c)^2, 1]`` per layer per chunk. ``c`` is the mean input of the
   first chunk: shifting the data by a constant leaves ``Q - P^2/S`` unchanged but avoids
   catastrophic cancellation;
-- ``sum a`` (the mean-signal shift of the baselines), ``sum a^2`` (Wanda's input norms) and,
+- ``sum a`` (the mean-signal shift of the baselines), on request ``sum a^2`` (Wanda's input
+  norms) and,
   when a loss is given, ``sum dL/dW = sum g_u a^T``;
 - on request, the Gram matrix ``sum [a, 1]^T [a, 1]`` ((n_in + 1)^2, the ones column last) of
   the layer-wise reconstructions (:mod:`ecprune.sparsegpt`).
@@ -44,6 +45,7 @@ class StatisticsRequest:
     """What one pass must accumulate."""
 
     sensitivity: bool = False
+    input_norms: bool = False
     gram: bool = False
     loss: LossFn | None = None
     samples: int = 0
@@ -58,7 +60,7 @@ class LayerStatistics:
 
     input_sum: torch.Tensor
     input_shift: torch.Tensor
-    input_sq_sum: torch.Tensor
+    input_sq_sum: torch.Tensor | None = None
     gram: torch.Tensor | None = None
     sens_sum: torch.Tensor | None = None
     sens_act: torch.Tensor | None = None
@@ -210,7 +212,7 @@ class _SumsWorkspace:
         self.sums = a.new_empty(n_out + 1, 2 * n_in + 1)
 
     def add(self, layer: LayerStatistics, s: torch.Tensor, a: torch.Tensor) -> None:
-        """Add one chunk's ``S``, ``P``, ``Q`` ``sum a`` and ``sum a^2`` to ``layer``."""
+        """Add one chunk's ``S``, ``P``, ``Q``, ``sum a`` (and ``sum a^2`` if kept) to ``layer``."""
         n_in, shift, sums = a.shape[1], layer.input_shift.to(a.dtype), self.sums.zero_()
         for start in range(0, len(a), len(self.right)):
             rows = a[start : start + len(self.right)]
@@ -225,7 +227,9 @@ class _SumsWorkspace:
         layer.sens_sum += sums[:-1, -1]
         centred_sum, shift = sums[-1, :n_in], layer.input_shift
         layer.input_sum += centred_sum + len(a) * shift
-        layer.input_sq_sum += sums[-1, n_in : 2 * n_in] + shift * (2 * centred_sum + len(a) * shift)
+        if layer.input_sq_sum is not None:
+            layer.input_sq_sum += (sums[-1, n_in : 2 * n_in]
+                                   + shift * (2 * centred_sum + len(a) * shift))
 
 
 class Accumulator:
@@ -264,7 +268,8 @@ class Accumulator:
                 self._workspace(name, a).add(layer, sens[k], a)
             else:  # summed in the model's dtype: a float64 cast of the chunk costs 2 forwards
                 layer.input_sum += a.sum(0).to(ACCUMULATE_DTYPE)
-                layer.input_sq_sum += a.square().sum(0).to(ACCUMULATE_DTYPE)
+                if request.input_norms:
+                    layer.input_sq_sum += a.square().sum(0).to(ACCUMULATE_DTYPE)
             if request.loss is not None and loss_grads[k] is not None:
                 layer.loss_grad += (loss_grads[k].T @ a).to(ACCUMULATE_DTYPE)
         stats.count += len(batch.inputs)
@@ -305,7 +310,7 @@ class Accumulator:
         return LayerStatistics(
             input_sum=zeros(n_in),
             input_shift=shift,
-            input_sq_sum=zeros(n_in),
+            input_sq_sum=zeros(n_in) if self.request.input_norms else None,
             gram=zeros(n_in + 1, n_in + 1) if self.request.gram else None,
             sens_sum=zeros(n_out) if sens else None,
             sens_act=zeros(n_out, n_in) if sens else None,
