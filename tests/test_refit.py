@@ -148,7 +148,9 @@ def test_refit_streaming_in_chunks_equals_one_chunk(net_and_data):
 
 def test_refit_importance_is_ecp_and_prune_by_importance_only_shifts(net_and_data):
     model, x = net_and_data
-    refit, ecp = ecprune.importance(model, x, "ecp-refit"), ecprune.importance(model, x, "ecp")
+    refit = ecprune.importance(model, x, "ecp-refit", allocation="global")
+    ecp = ecprune.importance(model, x, "ecp")
+    assert refit.curves is None
     for name in ecp:
         assert torch.equal(refit[name].score, ecp[name].score)
         assert torch.equal(refit[name].bias_shift, ecp[name].bias_shift)
@@ -157,6 +159,27 @@ def test_refit_importance_is_ecp_and_prune_by_importance_only_shifts(net_and_dat
     ecprune.prune_by_importance(b, ecp, 0.5)
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key])
+
+
+def test_refit_allocation_keeps_ecp_order_within_each_layer(net_and_data):
+    """allocation="refit" changes only how many weights each layer loses: within a layer the
+    removed weights are the lowest ECP scores, with ECP's shifts."""
+    model, x = net_and_data
+    refit, ecp = ecprune.importance(model, x, "ecp-refit"), ecprune.importance(model, x, "ecp")
+    assert set(refit.curves) == set(ecp)
+    pruned = copy.deepcopy(model)
+    ecprune.prune_by_importance(pruned, refit, 0.6)
+    removed_total = 0
+    for name in ecp:
+        layer = pruned.get_submodule(name)
+        removed = layer.weight_mask == 0
+        removed_total += int(removed.sum())
+        if removed.any() and (~removed).any():
+            assert ecp[name].score[removed].max() <= ecp[name].score[~removed].min()
+        shift = (ecp[name].bias_shift * removed).sum(1)
+        torch.testing.assert_close(layer.bias, model.get_submodule(name).bias + shift)
+    assert removed_total == round(0.6 * sum(p.numel() for n, p in model.named_parameters()
+                                            if n.endswith("weight")))
 
 
 def test_refit_keeps_masks_parameters_and_exact_count(net_and_data):

@@ -46,7 +46,7 @@ def test_steps_one_of_the_reconstructions_equals_their_pieces(tiny):
     one = copy.deepcopy(model)
     ecprune.prune(one, x, 0.6, method="ecp-refit", steps=1)
     pieces = copy.deepcopy(model)
-    ecprune.prune_by_importance(pieces, ecprune.importance(pieces, x, "ecp"), 0.6)
+    ecprune.prune_by_importance(pieces, ecprune.importance(pieces, x, "ecp-refit"), 0.6)
     layers = select_layers(pieces, None)
     refit_layers(pieces, model, layers, lambda: [ecprune.batching.Batch(x, None)])
     assert states_equal(one, pieces)

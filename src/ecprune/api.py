@@ -12,8 +12,15 @@ from torch import nn
 
 from . import distributed
 from ._validation import check_choice, check_nonnegative, check_positive_int, check_sparsity
+from .allocation import allocate, refit_curves
 from .batching import check_reiterable, iter_batches
-from .compensation import apply_pruning, preserved, select
+from .compensation import (
+    _already_pruned_error,
+    apply_pruning,
+    preserved,
+    select,
+    select_counts,
+)
 from .criteria import CRITERIA, LOSSES, LayerImportance, ScoringContext
 from .layers import add_zero_biases, effective_weight, keep_mask, model_dtype_device, select_layers
 from .layerwise import detached_copy
@@ -23,6 +30,8 @@ from .sparsegpt import sparsegpt_layers
 from .statistics import collect_statistics
 
 SCOPES = ("global", "layer", "row")
+ALLOCATIONS = ("global", "refit")
+REFIT_ALLOCATED = ("ecp-refit",)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,10 @@ class Options:
         lazy updates.
     refit_weighting: ``"ecp-refit"`` and ``"sparsegpt-refit"``: ``"plain"`` least squares on the
         pre-activations or ``"sensitivity"``, weighted by ECP's ``s_i(x)`` (:mod:`ecprune.refit`).
+    allocation: how many weights each layer loses under ``scope="global"``: ``"global"``
+        (the method's global ranking of scores) or ``"refit"`` (``"ecp-refit"`` only: the counts
+        that minimise the error left after the refit, :mod:`ecprune.allocation`). None: the
+        method's default, ``"refit"`` for ``"ecp-refit"``, else ``"global"``.
     """
 
     layers: Iterable[str | nn.Module] | None = None
@@ -70,6 +83,7 @@ class Options:
     damping: float = 0.01
     block_size: int = 128
     refit_weighting: str = "plain"
+    allocation: str | None = None
 
 
 def _options(options: dict, caller: str) -> Options:
@@ -86,22 +100,37 @@ def _options(options: dict, caller: str) -> Options:
     check_positive_int("block_size", parsed.block_size, caller=caller)
     check_nonnegative("damping", parsed.damping, caller=caller)
     check_choice("refit_weighting", parsed.refit_weighting, REFIT_WEIGHTINGS, caller=caller)
+    if parsed.allocation is not None:
+        check_choice("allocation", parsed.allocation, ALLOCATIONS, caller=caller)
     return parsed
+
+
+def _allocation(method: str, allocation: str | None) -> str:
+    """The allocation to use: ``"refit"`` for ecp-refit unless told otherwise, else global."""
+    if allocation is None:
+        return "refit" if method in REFIT_ALLOCATED else "global"
+    if allocation == "refit" and method not in REFIT_ALLOCATED:
+        raise ValueError(f"allocation='refit' applies to method(s) {list(REFIT_ALLOCATED)}, "
+                         f"not {method!r}; use allocation='global' or leave it unset.")
+    return allocation
 
 
 class Importances(dict[str, LayerImportance]):
     """Mapping of layer name to :class:`LayerImportance`, with how it was obtained.
 
     Attributes: ``method``, ``seconds`` (data pass + scoring), ``mean_output_sq``
-    (``E||y||^2`` over the data, the scale of relative output errors).
+    (``E||y||^2`` over the data, the scale of relative output errors), ``curves`` (with
+    ``allocation="refit"``: each layer's refit error curve, :func:`ecprune.allocation.
+    refit_curves`, from which :func:`prune_by_importance` allocates the global count; else None).
     """
 
     def __init__(self, items: dict[str, LayerImportance], *, method: str, seconds: float,
-                 mean_output_sq: float):
+                 mean_output_sq: float, curves: dict | None = None):
         super().__init__(items)
         self.method = method
         self.seconds = seconds
         self.mean_output_sq = mean_output_sq
+        self.curves = curves
 
 
 def _auto_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -175,14 +204,15 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
     check_choice("method", method, CRITERIA, caller="importance")
     opts = _options(options, "importance")
     criterion = CRITERIA[method]()
+    allocation = _allocation(method, opts.allocation)
     layers = select_layers(model, opts.layers)
     if criterion.compensates:
         _check_biases(layers, method, opts.add_bias)
     loss = _require_targets(_resolve_loss(opts.loss)) if criterion.needs_targets else None
     batches = _batches(model, data, opts)()
-    request = dataclasses.replace(
-        criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed),
-        estimator=opts.sensitivity, probes=opts.probes)
+    request = criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed)
+    request = dataclasses.replace(request, estimator=opts.sensitivity, probes=opts.probes,
+                                  gram=request.gram or allocation == "refit")
     stats = collect_statistics(model, layers, batches, request, output_fn=opts.output_fn,
                                progress=opts.progress)
     context = ScoringContext(model=model, layers=layers,
@@ -190,8 +220,12 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
                              statistics=stats, seed=opts.seed, output_fn=opts.output_fn,
                              progress=opts.progress, damping=opts.damping)
     scores = criterion.score(context)
+    curves = None
+    if allocation == "refit":
+        curves = refit_curves(stats, layers, context.weights,
+                              {name: found.score for name, found in scores.items()}, opts.damping)
     return Importances(scores, method=method, seconds=time.perf_counter() - start,
-                       mean_output_sq=stats.mean_output_sq)
+                       mean_output_sq=stats.mean_output_sq, curves=curves)
 
 
 @dataclass(frozen=True)
@@ -276,7 +310,14 @@ def _select(model: nn.Module, importances: Importances, sparsity: float, scope: 
     layers = select_layers(model, list(importances))
     present = {name: keep_mask(layer) for name, layer in layers.items()}
     scores = {name: result.score for name, result in importances.items()}
-    return sparsity, scope, layers, present, select(scores, present, sparsity, scope)
+    if scope != "global" or importances.curves is None:
+        return sparsity, scope, layers, present, select(scores, present, sparsity, scope)
+    total = sum(mask.numel() for mask in present.values())
+    count, existing = round(sparsity * total), sum(int((~m).sum()) for m in present.values())
+    if existing > count:
+        raise _already_pruned_error("The model", existing, count, total)
+    counts = allocate(importances.curves, count)
+    return sparsity, scope, layers, present, select_counts(scores, present, counts)
 
 
 def prune_by_importance(model: nn.Module, importances: Importances, sparsity: float,

@@ -69,11 +69,15 @@ def _threshold(scores: torch.Tensor, newly: torch.Tensor) -> float | None:
     return scores[newly].max().item() if newly.any() else None
 
 
+def _check_finite(scores: dict[str, torch.Tensor]) -> None:
+    if any(not torch.isfinite(s).all() for s in scores.values()):
+        raise ValueError("Scores contain NaN or infinite values; cannot rank the weights.")
+
+
 def select(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
            sparsity: float, scope: str) -> Selection:
     """Choose the weights to remove; ``present`` holds each layer's current keep mask."""
-    if any(not torch.isfinite(s).all() for s in scores.values()):
-        raise ValueError("Scores contain NaN or infinite values; cannot rank the weights.")
+    _check_finite(scores)
     if scope == "global":
         flat_scores = torch.cat([s.reshape(-1).to(torch.float64).cpu() for s in scores.values()])
         flat_present = torch.cat([p.reshape(-1).cpu() for p in present.values()])
@@ -91,6 +95,14 @@ def select(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
     if scope == "row":
         return _select_rows(scores, present, sparsity)
     counts = layer_counts({name: s.numel() for name, s in scores.items()}, sparsity)
+    return select_counts(scores, present, counts)
+
+
+def select_counts(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                  counts: dict[str, int]) -> Selection:
+    """``counts[name]`` removals in each layer (weights already masked included), each by its
+    lowest scores."""
+    _check_finite(scores)
     newly, thresholds = {}, {}
     for name, s in scores.items():
         keep = present[name].reshape(-1)
