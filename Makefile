@@ -39,7 +39,8 @@ diffsorp: $(STAMP)
 
 # Beyond the paper (docs/beyond.md): weight refit, SparseGPT, Wanda and iterative ECP, prune
 # only, on MNIST and diffusion-sorption (noise 0.005); resumable like the others.
-BEYOND_PAIRS := --error-rate --compare ecp-refit-sensitivity ecp-refit --compare sparsegpt-refit ecp-refit \
+BEYOND_PAIRS := --error-rate --compare ecp-refit ecp-refit-global \
+	--compare ecp-refit-sensitivity ecp-refit --compare sparsegpt-refit ecp-refit \
 	--compare sparsegpt-refit-steps3 ecp-refit-steps3 --compare ecp-refit-steps3 ecp-refit
 beyond: $(STAMP)
 	$(BIN)/ecprune reproduce beyond-mnist --out docs/results --workers 2 --threads 1

@@ -38,6 +38,7 @@ class MethodSpec:
 VARIANTS: dict[str, MethodSpec] = {
     "ecp-refit-sensitivity": MethodSpec("ecp-refit",
                                         options=(("refit_weighting", "sensitivity"),)),
+    "ecp-refit-global": MethodSpec("ecp-refit", options=(("allocation", "global"),)),
 }
 STEPS = re.compile(r"(?P<base>.+)-steps(?P<steps>[1-9]\d*)")
 
