@@ -13,7 +13,7 @@ from torch import nn
 import ecprune
 from conftest import bias_jacobians, layer_io, mlp
 from ecprune import allocation
-from ecprune.allocation import allocate, curve_counts, error_curve, refit_errors
+from ecprune.allocation import allocate, error_curve
 
 
 def design(samples=60, n_in=5, seed=0):
@@ -37,65 +37,72 @@ def lstsq_error(x, w, keep, damping):
     return (stacked @ v - rhs).square().sum() + lam * w[~keep].square().sum()
 
 
+def removed_first(score, present, count):
+    """The ``count`` weights removed first: absent ones, then the lowest scores (row-major ties)."""
+    ranked = torch.where(present, score, -torch.inf).reshape(-1)
+    removed = torch.zeros(score.numel(), dtype=torch.bool)
+    removed[torch.argsort(ranked, stable=True)[:count]] = True
+    return removed.reshape(score.shape)
+
+
+def toy_layer(n_out=7, n_in=9, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n_out, n_in, dtype=torch.float64, generator=g)
+    bias = torch.randn(n_out, dtype=torch.float64, generator=g)
+    score = torch.rand(weight.shape, dtype=torch.float64, generator=g)
+    present = torch.ones_like(weight, dtype=torch.bool)
+    present[1, 2] = present[-1, 0] = False  # already pruned: the curve starts there
+    row_weights = torch.rand(n_out, dtype=torch.float64, generator=g)
+    row_weights[3] = 0.0  # a row that never reaches the output
+    return weight, bias, score, present, row_weights
+
+
 @pytest.mark.parametrize("damping", [0.0, 0.01, 0.5])
-@pytest.mark.parametrize("kept", [1, 2, 3])
-@pytest.mark.parametrize("side", ["_kept_side", "_removed_side"])
-def test_refit_errors_equal_least_squares_on_the_data(damping, kept, side, monkeypatch):
-    """Both closed forms (systems on the kept columns, OBS on the removed ones) against lstsq;
-    the rows come in several batches."""
-    monkeypatch.setattr(allocation, "SOLVE_BATCH", 2)
-    calls = []
-    original = getattr(allocation, side)
-    monkeypatch.setattr(allocation, side, lambda *a: calls.append(1) or original(*a))
+def test_error_curve_equals_least_squares_on_the_data(damping, monkeypatch):
+    """At every count, sum_i E[s_i] * min_v ||x_K v - x w||^2 (+ ridge) by lstsq, the rows'
+    removals those of the layer's score order; rows factorised in several batches."""
+    monkeypatch.setattr(allocation, "SOLVE_BATCH", 200)
     x = design(n_in=9)
-    n = x.shape[1]
-    g = torch.Generator().manual_seed(1)
-    rows = torch.randn(7, n, dtype=torch.float64, generator=g)
-    keep = torch.zeros(rows.shape, dtype=torch.bool)
-    for i in range(len(rows)):  # a different support per row, the bias column always kept
-        keep[i, torch.randperm(n - 1, generator=g)[:kept]] = True
-    if side == "_removed_side":  # few removed: OBS is the smaller system
-        keep = ~keep
-    keep[:, -1] = True
-    found = refit_errors(x.T @ x / len(x), rows, keep, damping)
-    expected = torch.stack([lstsq_error(x, w, k, max(damping, allocation.DAMPING_FLOOR))
-                            for w, k in zip(rows, keep, strict=True)])
-    torch.testing.assert_close(found, expected, rtol=1e-7, atol=1e-9)
-    assert len(calls) > 1  # this side, in several batches
-
-
-def test_rows_that_keep_everything_have_no_error():
-    x = design()
-    rows = torch.randn(3, x.shape[1], dtype=torch.float64)
-    keep = torch.ones(rows.shape, dtype=torch.bool)
-    assert (refit_errors(x.T @ x / len(x), rows, keep, 0.01) == 0).all()
+    weight, bias, score, present, row_weights = toy_layer()
+    counts, errors = error_curve(x.T @ x / len(x), weight, score, present, row_weights, damping)
+    assert counts.tolist() == list(range(2, weight.numel() + 1))
+    rows = torch.cat([weight, bias[:, None]], 1)
+    for count, error in zip(counts.tolist(), errors, strict=True):
+        keep = torch.cat([~removed_first(score, present, count),
+                          torch.ones(len(rows), 1, dtype=torch.bool)], 1)
+        expected = sum(r * lstsq_error(x, w, k, max(damping, allocation.DAMPING_FLOOR))
+                       for r, w, k in zip(row_weights, rows, keep, strict=True))
+        torch.testing.assert_close(error, expected, rtol=1e-7, atol=1e-10)
 
 
 def test_curve_rises_with_each_removal_and_ends_at_the_variance():
     x = design(seed=2)
-    g = torch.Generator().manual_seed(3)
-    weight = torch.randn(4, x.shape[1] - 1, dtype=torch.float64, generator=g)
-    bias = torch.randn(4, dtype=torch.float64, generator=g)
-    score = torch.rand(weight.shape, dtype=torch.float64, generator=g)
-    present = torch.ones_like(weight, dtype=torch.bool)
-    present[1, 2] = False  # already pruned: the curve starts there
-    row_weights = torch.tensor([1.0, 2.0, 0.0, 0.5], dtype=torch.float64)
-    counts, errors = error_curve(x.T @ x / len(x), weight, bias, score, present, row_weights,
+    weight, bias, score, present, row_weights = toy_layer(n_out=4, n_in=5, seed=3)
+    counts, errors = error_curve(x.T @ x / len(x), weight, score, present, row_weights,
                                  damping=0.0)
-    assert counts[0] == 1 and counts[-1] == weight.numel() and counts == sorted(set(counts))
-    assert all(b >= a - 1e-12 for a, b in itertools.pairwise(errors))
+    assert counts[0] == 2 and counts[-1] == weight.numel()
+    assert (errors.diff() >= 0).all()
     # Everything removed: each row is refit by its bias alone, its error the variance of u.
     u = x[:, :-1] @ weight.T + bias
-    torch.testing.assert_close(torch.tensor(errors[-1], dtype=torch.float64),
-                               (row_weights * u.var(0, correction=0)).sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(errors[-1], (row_weights * u.var(0, correction=0)).sum(),
+                               rtol=1e-6, atol=0)
 
 
-def test_curve_counts_cover_the_layer_from_what_is_absent():
-    present = torch.ones(3, 100, dtype=torch.bool)
-    present[0, :10] = False
-    counts = curve_counts(present)
-    assert counts[0] == 10 and counts[-1] == 300 and counts == sorted(set(counts))
-    assert curve_counts(torch.zeros(2, 3, dtype=torch.bool)) == [6]
+def test_sampled_rows_scale_to_the_whole_layer(monkeypatch):
+    """Identical rows with identical scores: at counts that strip every row alike, any sample of
+    rows, scaled by rows / sample, gives the exact curve."""
+    x = design(n_in=6, seed=4)
+    g = torch.Generator().manual_seed(5)
+    weight = torch.randn(1, 6, dtype=torch.float64, generator=g).expand(8, 6).clone()
+    score = torch.rand(1, 6, dtype=torch.float64, generator=g).expand(8, 6).clone()
+    present = torch.ones_like(weight, dtype=torch.bool)
+    row_weights = torch.full((8,), 0.3, dtype=torch.float64)
+    gram = x.T @ x / len(x)
+    _, exact = error_curve(gram, weight, score, present, row_weights, 0.01)
+    monkeypatch.setattr(allocation, "CURVE_ROWS", 3)
+    for seed in range(3):
+        _, sampled = error_curve(gram, weight, score, present, row_weights, 0.01, seed=seed)
+        torch.testing.assert_close(sampled[::8], exact[::8], rtol=1e-10, atol=0)
 
 
 def brute_force(curves, count):
@@ -182,5 +189,5 @@ def test_curves_weight_rows_by_the_mean_output_sensitivity():
         mean_sensitivity = bias_jacobians(model, name, x).square().sum(1).mean(0)
         counts, errors = curves[name]
         assert counts[-1] == layer.weight.numel()
-        torch.testing.assert_close(torch.tensor(errors[-1], dtype=torch.float64),
+        torch.testing.assert_close(errors[-1],
                                    (mean_sensitivity * per_row).sum(), rtol=1e-6, atol=0)

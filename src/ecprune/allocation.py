@@ -4,19 +4,26 @@ ECP's global ranking adds up single-weight errors with only the bias moving. Onc
 weight is refit (:mod:`ecprune.refit`) that sum no longer predicts which layer can lose more:
 on MNIST 784-64-64-10 it removes too much of the first layer (docs/beyond.md). Following the
 non-uniform compression of Optimal Brain Compression (E. Frantar and D. Alistarh, NeurIPS 2022,
-which solves it by dynamic programming over per-layer error curves), every layer gets an error
-curve ``e_l(k)`` at a grid of removal counts ``k``: the ``k`` lowest ECP scores of the layer
-removed, every row refit by damped least squares toward its own pre-activations, and the rows'
-errors weighted by their mean output sensitivity ``E[s_i]`` (ECP's, so the curves of different
-layers are in the same output units). Dynamic programming then picks the counts, summing to the
-budget, with the least ``sum_l e_l(k_l)``, the curves linear between grid points.
+dynamic programming over per-layer error curves), every layer gets an error curve ``e_l(k)``
+at every removal count ``k``: the ``k`` lowest ECP scores of the layer removed, every row refit
+by damped least squares toward its own pre-activations, the rows' errors weighted by their mean
+output sensitivity ``E[s_i]`` (ECP's, so that the curves of all layers are in output units).
+Dynamic programming then picks the counts, summing to the budget, with the least
+``sum_l e_l(k_l)``.
 
-A row ``w`` (``[W_i, b_i]``) refit on its kept columns ``K`` (the bias always kept), with
+A row ``w`` (``[W_i, b_i]``) refit on its kept columns (the bias always kept), with
 ``H = G + lambda I`` (``G = E[x x^T]``, ``x = [a, 1]``, ``lambda`` as in :func:`ridge`), has the
-error ``min_{v: v_R = 0} (v - w)^T H (v - w)`` over the removed columns ``R``. Two closed forms
-give it, and the cheaper is used: ``w^T H w - t_K^T H_KK^-1 t_K`` with ``t = H w`` (a system of
-size ``|K|``) or OBS's ``w_R^T [(H^-1)_RR]^-1 w_R`` (size ``|R|``). The curves need only ``G``,
-gathered in the scoring pass: no data pass of their own.
+error ``min_{v: v_R = 0} (v - w)^T H (v - w) = w_R^T [(H^-1)_RR]^-1 w_R`` (OBS) over its removed
+columns ``R``. The removals of a row are nested as ``k`` grows (they follow the layer's score
+order), so with ``L`` the Cholesky factor of ``H^-1`` restricted to the weight columns in the
+row's removal order and ``z = L^-1 w``, removing the first ``r`` costs ``z_1^2 + ... + z_r^2``
+(SparseGPT's observation): one factorisation per row gives the row's whole curve, and the
+layer's curve is the cumulative sum of ``E[s_i] z^2`` over the layer's removal order. Only
+``G`` is needed, gathered in the scoring pass: the curves read no data.
+
+Cost: one ``n_in``-sized Cholesky per row. Layers with more than ``CURVE_ROWS`` rows use a seeded
+uniform sample of that many rows, their increments scaled by ``rows / CURVE_ROWS`` (an unbiased
+estimate of the curve at every ``k``).
 """
 
 from __future__ import annotations
@@ -25,113 +32,98 @@ import math
 
 import torch
 
-from .compensation import _lowest
 from .layers import keep_mask
 from .layerwise import ridge
 
-# Grid points per layer curve: kept fractions geometric from 1 to one weight per row, then 0.
-CURVE_POINTS = 24
+# Rows per layer whose curves are computed exactly; larger layers are sampled.
+CURVE_ROWS = 128
 # Budget units of the dynamic programme (the counts are exact again afterwards).
 BUDGET_UNITS = 2000
 # The curves need H positive definite: a damping of 0 becomes this (dead inputs cost nothing).
 DAMPING_FLOOR = 1e-8
-# Entries of the (rows, width, width) batch of systems solved at once.
+# Entries of the (rows, n, n) batch of factorisations done at once.
 SOLVE_BATCH = 2**24
 
 
-def _batched_rows(width: int) -> int:
-    return max(1, SOLVE_BATCH // max(1, width * width))
+def removal_order(score: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the layer's weights in the order they are removed: weights already
+    absent first, then the lowest scores (ties by position), as :func:`ecprune.compensation.
+    select_counts` removes them."""
+    ranked = torch.where(present, score.to(torch.float64), -torch.inf).reshape(-1)
+    return torch.argsort(ranked, stable=True)
 
 
-def _kept_side(hessian: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``w^T H w - t_K^T H_KK^-1 t_K`` per row, the kept columns gathered (padded) per row."""
-    width = int(keep.sum(1).max())
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
-    valid = torch.gather(keep, 1, order).to(hessian.dtype)
-    target = torch.gather(rows @ hessian, 1, order) * valid
-    matrix = hessian[order[:, :, None], order[:, None, :]] * valid[:, :, None] * valid[:, None, :]
-    matrix = matrix + torch.diag_embed(1 - valid)  # padding: identity rows, zero right-hand side
-    solved = torch.cholesky_solve(target[:, :, None], torch.linalg.cholesky(matrix))[:, :, 0]
-    return ((rows @ hessian) * rows).sum(1) - (target * solved).sum(1)
+def row_increments(inverse: torch.Tensor, rows: torch.Tensor,
+                   orders: torch.Tensor) -> torch.Tensor:
+    """``z^2`` of each row (r, m): the error added by removing each next column of its
+    removal order ``orders`` (r, m), from the weight block ``inverse`` (m, m) of ``H^-1``."""
+    step = max(1, SOLVE_BATCH // max(1, inverse.shape[0] ** 2))
+    out = []
+    for a in range(0, len(rows), step):
+        order = orders[a:a + step]
+        permuted = inverse[order[:, :, None], order[:, None, :]]
+        factor = torch.linalg.cholesky(permuted)
+        weights = torch.gather(rows[a:a + step], 1, order)[:, :, None]
+        out.append(torch.linalg.solve_triangular(factor, weights, upper=False)[:, :, 0].square())
+    return torch.cat(out)
 
 
-def _removed_side(inverse: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """OBS: ``w_R^T [(H^-1)_RR]^-1 w_R`` per row, the removed columns gathered per row."""
-    removed = ~keep
-    width = int(removed.sum(1).max())
-    if width == 0:
-        return rows.new_zeros(len(rows))
-    order = torch.argsort(keep.to(torch.int8), dim=1, stable=True)[:, :width]
-    valid = torch.gather(removed, 1, order).to(inverse.dtype)
-    weights = torch.gather(rows, 1, order) * valid
-    matrix = inverse[order[:, :, None], order[:, None, :]] * valid[:, :, None] * valid[:, None, :]
-    matrix = matrix + torch.diag_embed(1 - valid)
-    solved = torch.cholesky_solve(weights[:, :, None], torch.linalg.cholesky(matrix))[:, :, 0]
-    return (weights * solved).sum(1)
-
-
-def refit_errors(gram: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor,
-                 damping: float) -> torch.Tensor:
-    """Error of every row refit on its kept columns (see the module docstring).
-
-    ``gram``: ``E[x x^T]`` (n, n) with the ones column last; ``rows``: ``[W, b]`` (r, n);
-    ``keep``: (r, n) bool, the bias column True. Float64 in, float64 out.
-    """
+def error_curve(gram: torch.Tensor, weight: torch.Tensor, score: torch.Tensor,
+                present: torch.Tensor, row_weights: torch.Tensor, damping: float, *,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(counts, errors)``: for every ``k`` from the weights already absent to all of them,
+    ``sum_i row_weights[i] * refit error of row i`` with the ``k`` first weights of
+    :func:`removal_order` removed. ``gram`` is ``E[x x^T]`` with the ones column last, so the
+    bias is refit with the kept weights (a layer without one is refit as if it had a zero bias,
+    which ``add_bias=True`` adds)."""
+    n_out, n_in = weight.shape
     hessian = gram + ridge(gram, max(damping, DAMPING_FLOOR)) * torch.eye(
         len(gram), dtype=gram.dtype, device=gram.device)
-    kept, removed = int(keep.sum(1).max()), int((~keep).sum(1).max())
-    if removed <= kept:
-        inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
-        side, matrix, width = _removed_side, inverse, removed
-    else:
-        side, matrix, width = _kept_side, hessian, kept
-    step = _batched_rows(width)
-    return torch.cat([side(matrix, rows[a:a + step], keep[a:a + step])
-                      for a in range(0, len(rows), step)])
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))[:n_in, :n_in]
+    order = removal_order(score, present)
+    row_of, column_of = order // n_in, order % n_in
+    position = torch.empty_like(order)  # each weight's place in its row's removal order
+    position[order] = _rank_within_rows(row_of, n_out)
+    orders = torch.empty((n_out, n_in), dtype=order.dtype, device=order.device)
+    orders[row_of, position[order]] = column_of
+    rows = _sampled_rows(n_out, seed, weight.device)
+    increments = torch.zeros(n_out, n_in, dtype=gram.dtype, device=gram.device)
+    increments[rows] = row_increments(inverse, weight.to(gram.dtype)[rows], orders[rows])
+    scale = row_weights.to(gram.dtype) * n_out / len(rows)
+    marginal = (scale[:, None] * increments)[row_of, position[order]]  # in removal order
+    errors = torch.cat([marginal.new_zeros(1), torch.cumsum(marginal, 0)])
+    start = int((~present).sum())
+    return torch.arange(start, n_out * n_in + 1), errors[start:]
 
 
-def curve_counts(present: torch.Tensor) -> list[int]:
-    """Removal counts of one layer's grid: from the weights already absent to all of them, the
-    kept counts geometric down to one weight per row, then none."""
-    total, kept = present.numel(), int(present.sum())
-    if kept == 0:
-        return [total]
-    fractions = torch.logspace(0, -math.log10(max(1, present.shape[1])), CURVE_POINTS,
-                               dtype=torch.float64)
-    counts = {total - round(kept * float(f)) for f in fractions} | {total}
-    return sorted(counts)
+def _rank_within_rows(row_of: torch.Tensor, n_out: int) -> torch.Tensor:
+    """For a sequence of row indices, how many earlier entries share each entry's row."""
+    by_row = torch.argsort(row_of, stable=True)
+    counts = torch.bincount(row_of, minlength=n_out)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(row_of)
+    rank[by_row] = torch.arange(len(row_of), device=row_of.device) - starts[row_of[by_row]]
+    return rank
 
 
-def error_curve(gram: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                score: torch.Tensor, present: torch.Tensor, row_weights: torch.Tensor,
-                damping: float) -> tuple[list[int], list[float]]:
-    """``(counts, errors)``: ``sum_i row_weights[i] * refit error of row i`` with the ``k``
-    lowest ``score`` of the layer removed (weights already absent first), for each ``k`` of
-    :func:`curve_counts`. ``gram`` is the mean ``E[x x^T]`` with the ones column last."""
-    rows = torch.cat([weight, bias[:, None]], 1).to(gram.dtype)
-    ones = present.new_ones(len(present), 1)
-    counts = curve_counts(present)
-    errors = []
-    for count in counts:
-        removed = _lowest(score.reshape(-1), present.reshape(-1), count).reshape(present.shape)
-        keep = torch.cat([~removed, ones], 1)
-        errors.append(float((row_weights.to(gram.dtype) * refit_errors(gram, rows, keep,
-                                                                       damping)).sum()))
-    return counts, errors
+def _sampled_rows(n_out: int, seed: int, device: torch.device) -> torch.Tensor:
+    if n_out <= CURVE_ROWS:
+        return torch.arange(n_out, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_out, generator=generator)[:CURVE_ROWS].sort().values.to(device)
 
 
-def allocate(curves: dict[str, tuple[list[int], list[float]]], count: int,
-             units: int = BUDGET_UNITS) -> dict[str, int]:
+def allocate(curves: dict[str, tuple], count: int, units: int = BUDGET_UNITS) -> dict[str, int]:
     """Removals per layer, summing to ``count``, minimising ``sum_l e_l(k_l)``.
 
     ``curves[name] = (counts, errors)``: ``e_l`` at increasing counts, the first being the
     weights already absent (the least ``k_l``) and the last the layer's size; linear between.
     The dynamic programme runs on ``units`` budget units (exact when ``count <= units``); the
-    counts are then nudged to sum to ``count``, the cheapest marginal change first.
+    remainder, less than a unit, goes where the curves' slopes make it cheapest.
     """
     names = list(curves)
-    lowest = {name: curves[name][0][0] for name in names}
-    highest = {name: curves[name][0][-1] for name in names}
+    lowest = {name: int(curves[name][0][0]) for name in names}
+    highest = {name: int(curves[name][0][-1]) for name in names}
     if not sum(lowest.values()) <= count <= sum(highest.values()):
         raise ValueError(f"Cannot remove {count} weights: the layers allow "
                          f"{sum(lowest.values())} to {sum(highest.values())}.")
@@ -141,61 +133,58 @@ def allocate(curves: dict[str, tuple[list[int], list[float]]], count: int,
     best[0] = 0.0
     choices = []
     for name in names:
-        counts, errors = curves[name]
         steps = torch.arange(min(budget, (highest[name] - lowest[name]) // unit) + 1)
-        cost = _interpolate(counts, errors, lowest[name] + steps * unit)
+        cost = _interpolate(*curves[name], lowest[name] + steps * unit)
         spent = torch.arange(budget + 1)[:, None] - steps[None, :]  # (budget + 1, options)
         total = torch.where(spent >= 0, best[spent.clamp_min(0)] + cost[None, :], torch.inf)
         best, choice = total.min(1)
         choices.append(choice)
-    left, result = budget, {}
+    left = int(torch.nonzero(torch.isfinite(best)).max())  # the whole budget unless it overflows
+    result = {}
     for name, choice in zip(reversed(names), reversed(choices), strict=True):
         result[name] = lowest[name] + int(choice[left]) * unit
         left -= int(choice[left])
     return _nudge(result, curves, count)
 
 
-def _interpolate(counts: list[int], errors: list[float], at: torch.Tensor) -> torch.Tensor:
-    x = torch.tensor(counts, dtype=torch.float64)
-    y = torch.tensor(errors, dtype=torch.float64)
-    at = at.to(torch.float64)
-    right = torch.searchsorted(x, at).clamp(1, len(x) - 1) if len(x) > 1 else None
-    if right is None:
+def _interpolate(counts, errors, at: torch.Tensor) -> torch.Tensor:
+    """``errors`` at ``at``, linear between ``counts`` (increasing)."""
+    x = torch.as_tensor(counts, dtype=torch.float64).cpu()
+    y = torch.as_tensor(errors, dtype=torch.float64).cpu()
+    at = torch.as_tensor(at, dtype=torch.float64)
+    if len(x) == 1:
         return y.expand(len(at)).clone()
+    right = torch.searchsorted(x, at).clamp(1, len(x) - 1)
     left = right - 1
     fraction = (at - x[left]) / (x[right] - x[left])
     return y[left] + fraction * (y[right] - y[left])
 
 
 def _nudge(result: dict[str, int], curves: dict, count: int) -> dict[str, int]:
-    """Move the unit rounding one weight at a time where the curve's slope is least costly."""
+    """Add (or take back) the weights ``result`` lacks for ``count``, each time all of them at
+    the layer whose curve rises least (falls most) there, within the layers' bounds."""
     def slope(name: str, direction: int) -> float:
         k = result[name]
-        at = torch.tensor([k, k + direction])
-        values = _interpolate(*curves[name], at)
+        values = _interpolate(*curves[name], torch.tensor([k, k + direction]))
         return float(direction * (values[1] - values[0]))
 
     while (missing := count - sum(result.values())) != 0:
         direction = 1 if missing > 0 else -1
+        bounds = {name: (int(curves[name][0][0]), int(curves[name][0][-1])) for name in result}
         movable = [name for name in result
-                   if curves[name][0][0] <= result[name] + direction <= curves[name][0][-1]]
+                   if bounds[name][0] <= result[name] + direction <= bounds[name][1]]
         name = min(movable, key=lambda n: slope(n, direction))
-        room = curves[name][0][-1] - result[name] if direction > 0 \
-            else result[name] - curves[name][0][0]
+        room = bounds[name][1] - result[name] if direction > 0 else result[name] - bounds[name][0]
         result[name] += direction * min(abs(missing), room)
     return result
 
 
 def refit_curves(statistics, layers: dict, weights: dict[str, torch.Tensor],
-                 scores: dict[str, torch.Tensor], damping: float) -> dict:
+                 scores: dict[str, torch.Tensor], damping: float, *, seed: int = 0) -> dict:
     """:func:`error_curve` of every layer from one pass's statistics (``gram`` and the
-    sensitivities), the rows weighted by ``E[s_i]``. A layer without a bias counts as one with
-    a zero bias (the refit fits one after ``add_bias=True``)."""
+    sensitivities), the rows weighted by ``E[s_i]``."""
     count = statistics.count
-    curves = {}
-    for name, layer in layers.items():
-        stats, weight = statistics.layers[name], weights[name].detach()
-        bias = weight.new_zeros(len(weight)) if layer.bias is None else layer.bias.detach()
-        curves[name] = error_curve(stats.gram / count, weight, bias, scores[name],
-                                   keep_mask(layer), stats.sens_sum / count, damping)
-    return curves
+    return {name: error_curve(statistics.layers[name].gram / count, weights[name].detach(),
+                              scores[name], keep_mask(layer),
+                              statistics.layers[name].sens_sum / count, damping, seed=seed)
+            for name, layer in layers.items()}

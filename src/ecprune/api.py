@@ -223,7 +223,8 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
     curves = None
     if allocation == "refit":
         curves = refit_curves(stats, layers, context.weights,
-                              {name: found.score for name, found in scores.items()}, opts.damping)
+                              {name: found.score for name, found in scores.items()}, opts.damping,
+                              seed=opts.seed)
     return Importances(scores, method=method, seconds=time.perf_counter() - start,
                        mean_output_sq=stats.mean_output_sq, curves=curves)
 
