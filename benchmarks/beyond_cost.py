@@ -4,8 +4,10 @@ Run by hand, ideally on an otherwise idle machine (ratios within one run are mor
 seconds):
 
     python benchmarks/beyond_cost.py --samples 60000 --ratio 0.9 --repeats 3
+    python benchmarks/beyond_cost.py --width 1024 --samples 10000 --methods ecp ecp-refit \
+        ecp-refit-global   # the wide network of docs/performance.md
 
-A 784-64-64-10 PReLU network (the MNIST architecture) on random MNIST-shaped inputs: the cost
+A 784-W-W-10 PReLU network (W = 64: the MNIST architecture) on random MNIST-shaped inputs: the cost
 of every method below depends on the shapes, not on the values. For each method it prints, as
 JSON, the median seconds of ``ecprune.prune`` on a fresh copy and the ratio to the median of one
 full-data gradient pass (forward + backward with weight gradients, same chunking).
@@ -28,6 +30,7 @@ CHUNK = 4096
 METHODS = {
     "ecp": {"method": "ecp"},
     "ecp-refit": {"method": "ecp-refit"},
+    "ecp-refit-global": {"method": "ecp-refit", "allocation": "global"},
     "ecp-refit-sensitivity": {"method": "ecp-refit", "refit_weighting": "sensitivity"},
     "sparsegpt": {"method": "sparsegpt"},
     "wanda": {"method": "wanda"},
@@ -36,11 +39,11 @@ METHODS = {
 }
 
 
-def network() -> torch.nn.Module:
+def network(width: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(784, 64), torch.nn.PReLU(),
-                               torch.nn.Linear(64, 64), torch.nn.PReLU(),
-                               torch.nn.Linear(64, 10))
+    return torch.nn.Sequential(torch.nn.Linear(784, width), torch.nn.PReLU(),
+                               torch.nn.Linear(width, width), torch.nn.PReLU(),
+                               torch.nn.Linear(width, 10))
 
 
 def gradient_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -57,12 +60,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=60000)
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--width", type=int, default=64, help="hidden width W (default: 64)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(args.samples, 784, generator=generator)
     y = torch.randint(0, 10, (args.samples,), generator=generator)
-    model = network()
+    model = network(args.width)
     gradient = statistics.median(gradient_pass(copy.deepcopy(model), x, y)
                                  for _ in range(args.repeats))
     rows = {"gradient_pass": {"seconds": gradient, "ratio": 1.0}}
@@ -78,6 +82,7 @@ def main() -> None:
         rows[name] = {"seconds": seconds, "ratio": seconds / gradient}
     print(json.dumps({"machine": platform.processor() or platform.machine(),
                       "threads": torch.get_num_threads(), "samples": args.samples,
+                      "width": args.width,
                       "ratio": args.ratio, "results": rows}, indent=1))
 
 

@@ -200,6 +200,8 @@ def existing(work):
      "Unknown --device 'abacus'"),
     (lambda d: None, ["model.pt", "inputs.npy", "--trust-model", "--method", "gradient"],
      "--method gradient needs targets"),
+    (lambda d: None, ["model.pt", "inputs.npy", "--trust-model", "--allocation", "refit"],
+     "allocation='refit' applies to method(s) ['ecp-refit'], not 'ecp'"),
     (lambda d: None, ["weights.pt", "inputs.npy"], "holds a state dict, not a model"),
     (lambda d: None, ["missing.pt", "inputs.npy"], "The model file 'missing.pt' does not exist"),
     (lambda d: None, ["model.pt", "inputs.txt", "--trust-model"],
@@ -283,7 +285,8 @@ def test_pickled_custom_class_loads_with_path(work, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("extra", [["--method", "ecp-refit"], ["--method", "sparsegpt"],
-                                   ["--steps", 3]])
+                                   ["--steps", 3], ["--method", "ecp-refit", "--allocation",
+                                                    "global"]])
 def test_reconstructions_and_steps_run_the_library_prune(work, extra):
     assert run("model.pt", "inputs.npy", "--trust-model", "--sparsity", 0.6, "-o", "out.pt",
                "--quiet", *extra) == 0
@@ -291,7 +294,7 @@ def test_reconstructions_and_steps_run_the_library_prune(work, extra):
     expected = copy.deepcopy(work["model"])
     options = dict(zip([e.lstrip("-") for e in extra[::2]], extra[1::2], strict=True))
     ecprune.prune(expected, work["x"], 0.6, method=options.get("method", "ecp"),
-                  steps=int(options.get("steps", 1)))
+                  steps=int(options.get("steps", 1)), allocation=options.get("allocation"))
     for got, want in zip(linear_weights(pruned), linear_weights(expected), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
     report = json.loads((work["dir"] / "out.json").read_text())

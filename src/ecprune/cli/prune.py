@@ -108,7 +108,8 @@ def prune_model(model: nn.Module, data: LoadedData, args: argparse.Namespace) ->
     dataset = data.inputs if data.targets is None else TensorDataset(data.inputs, data.targets)
     options = dict(layers=args.layers, loss=args.loss, chunk_size=args.chunk_size,
                    seed=args.seed, nonlinear_samples=args.nonlinear_samples,
-                   add_bias=args.add_bias, progress=False if args.quiet else None)
+                   add_bias=args.add_bias, allocation=args.allocation,
+                   progress=False if args.quiet else None)
     start = time.perf_counter()
     if args.steps > 1 or args.method in PRUNE_STEPS:  # more passes over the data after scoring
         report = ecprune.prune(model, dataset, args.sparsity, args.method, args.scope,
@@ -232,6 +233,10 @@ def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=int, default=1, metavar="K",
                        help="reach --sparsity in K prunings, re-scoring the pruned model each "
                             "time (default: 1). ecp-refit and sparsegpt update the kept weights")
+    group.add_argument("--allocation", choices=["global", "refit"],
+                       help="how many weights each layer loses under --scope global: global "
+                            "(the scores' global ranking) or refit (ecp-refit only: the counts "
+                            "that minimise the error left after the refit; its default)")
     group.add_argument("--layers", type=_layers, metavar="NAMES",
                        help="comma-separated names of the Linear layers to prune (default: all)")
     group.add_argument("--loss", choices=sorted(LOSSES),
