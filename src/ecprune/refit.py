@@ -2,8 +2,8 @@
 
 ECP moves one number per neuron (its bias) to make up for the weights it removes. Once the
 mask is chosen (ECP's lowest scores in each layer, the per-layer counts from
-:mod:`ecprune.allocation`), every row's kept weights can move too. Layer by layer from input to output,
-row ``i`` of layer ``l`` (kept columns ``K_i`` plus the bias's ones column) is refit by
+:mod:`ecprune.allocation`), every row's kept weights can move too. Layer by layer from input
+to output, row ``i`` of layer ``l`` (kept columns ``K_i`` plus the bias's ones column) is refit by
 
     w_i = argmin_w  sum_x  r_i(x) ([a(x), 1]_K w - u_i(x))^2  +  lambda_i ||w - w0_i||^2,
 
