@@ -128,7 +128,7 @@ def test_every_method_has_its_own_colour_and_marker():
     methods = ["ecp", "nonlinear", "magnitude", "gradient", "random", "ecp-nocomp",
                "magnitude-comp", "fully-connected", "ecp-refit", "sparsegpt", "wanda",
                "ecp-steps10", "ecp-refit-sensitivity", "sparsegpt-refit", "ecp-refit-steps3",
-               "sparsegpt-refit-steps3"]
+               "sparsegpt-refit-steps3", "ecp-refit-global"]
     assert set(methods) <= set(STYLES)
     assert len({STYLES[m].colour for m in methods}) == len(methods)
     assert len({STYLES[m].marker for m in methods}) == len(methods)

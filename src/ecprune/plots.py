@@ -43,7 +43,7 @@ STYLES: dict[str, Style] = {
     "wanda": Style("#393b79", ">", "Wanda"),
     "ecp-steps10": Style("#8b0000", "d", "ECP, 10 steps"),
     "ecp-refit-sensitivity": Style("#6a3d9a", "p", "ECP + weighted refit"),
-    "ecp-refit-global": Style("#f4a6d7", "h", "ECP + refit, global counts"),
+    "ecp-refit-global": Style("#e6550d", "+", "ECP + refit, global counts"),
     "sparsegpt-refit": Style("#556b2f", "X", "SparseGPT + refit"),
     "ecp-refit-steps3": Style("#008080", "8", "ECP + refit, 3 steps"),
     "sparsegpt-refit-steps3": Style("#9acd32", "H", "SparseGPT + refit, 3 steps"),
