@@ -3,14 +3,16 @@
 Run by hand, ideally on an otherwise idle machine (ratios within one run are more robust than
 seconds):
 
-    python benchmarks/beyond_cost.py --samples 60000 --ratio 0.9 --repeats 3
+    python benchmarks/beyond_cost.py --samples 60000 --ratio 0.9 --repeats 3 --threads 1 \
+        --out docs/benchmarks/beyond_cost.json
     python benchmarks/beyond_cost.py --width 1024 --samples 10000 --methods ecp ecp-refit \
-        ecp-refit-global   # the wide network of docs/performance.md
+        ecp-refit-global --out docs/benchmarks/beyond_cost_wide.json  # docs/performance.md's
 
 A 784-W-W-10 PReLU network (W = 64: the MNIST architecture) on random MNIST-shaped inputs: the cost
-of every method below depends on the shapes, not on the values. For each method it prints, as
-JSON, the median seconds of ``ecprune.prune`` on a fresh copy and the ratio to the median of one
-full-data gradient pass (forward + backward with weight gradients, same chunking).
+of every method below depends on the shapes, not on the values. For each method it prints (and
+with ``--out`` writes, with the machine and the date), as JSON, the median seconds of
+``ecprune.prune`` on a fresh copy and the ratio to the median of one full-data gradient pass
+(forward + backward with weight gradients, same chunking).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+from statistics_common import machine, write_json
 
 import ecprune
 
@@ -62,7 +66,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--width", type=int, default=64, help="hidden width W (default: 64)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(args.samples, 784, generator=generator)
     y = torch.randint(0, 10, (args.samples,), generator=generator)
@@ -80,10 +88,12 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         seconds = statistics.median(times)
         rows[name] = {"seconds": seconds, "ratio": seconds / gradient}
-    print(json.dumps({"machine": platform.processor() or platform.machine(),
-                      "threads": torch.get_num_threads(), "samples": args.samples,
-                      "width": args.width,
-                      "ratio": args.ratio, "results": rows}, indent=1))
+    payload = {"machine": machine(), "samples": args.samples, "width": args.width,
+               "ratio": args.ratio, "results": rows,
+               "last_command": "python benchmarks/beyond_cost.py " + " ".join(sys.argv[1:])}
+    print(json.dumps(payload, indent=1))
+    if args.out:
+        write_json(args.out, payload)
 
 
 if __name__ == "__main__":
