@@ -12,6 +12,7 @@ from torch import nn
 
 import ecprune
 from conftest import bias_jacobians, layer_io, mlp
+from ecprune.refit import refit_layers
 
 LINEARS = ("0", "2", "4")
 
@@ -204,3 +205,33 @@ def test_refit_of_a_bias_free_model_needs_add_bias(net_and_data):
         ecprune.prune(model, x, 0.5, method="ecp-refit")
     report = ecprune.prune(model, x, 0.5, method="ecp-refit", add_bias=True)
     assert model[0].bias is not None and report.total - report.kept == round(0.5 * report.total)
+
+
+@pytest.mark.parametrize("method", ["ecp-refit", "sparsegpt-refit"])
+def test_first_layer_reuses_the_scoring_gram_and_reads_no_data(net_and_data, method):
+    """The first layer's inputs are the data whatever is pruned: its refit (and SparseGPT's
+    update) from the scoring pass's Gram matrix equals one from a pass of its own, and the
+    data are streamed once fewer."""
+    dense, x = net_and_data
+    pruned, reference = copy.deepcopy(dense), copy.deepcopy(dense)
+    scores = ecprune.importance(pruned, x, method)
+    assert set(scores.grams) == set(LINEARS)
+    ecprune.prune_by_importance(pruned, scores, 0.6)
+    layers = {name: pruned.get_submodule(name) for name in LINEARS}
+    passes = []
+
+    def batches():
+        passes.append(1)
+        return [ecprune.batching.Batch(x, None)]
+
+    results = []
+    for grams in (scores.grams, None):
+        model = copy.deepcopy(pruned)
+        passes.clear()
+        refit_layers(model, reference, {n: model.get_submodule(n) for n in layers}, batches,
+                     damping=0.0, grams=grams)
+        results.append((model, len(passes)))
+    (with_gram, fewer), (with_pass, more) = results
+    assert fewer == more - 1
+    for key, value in with_pass.state_dict().items():
+        torch.testing.assert_close(with_gram.state_dict()[key], value, rtol=1e-9, atol=1e-12)

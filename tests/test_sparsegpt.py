@@ -12,7 +12,7 @@ from torch import nn
 
 import ecprune
 from conftest import bias_jacobians
-from ecprune.sparsegpt import block_quotas, sparsegpt_rows
+from ecprune.sparsegpt import block_quotas, sparsegpt_layers, sparsegpt_rows
 
 
 def layer_and_data(n_in=4, n_out=3, n=50, seed=0):
@@ -150,3 +150,20 @@ def test_without_a_bias_the_update_uses_the_inputs_alone():
     expected = before.clone()
     expected[2] -= before[2, 0] / inverse[0, 0] * inverse[:, 0]
     torch.testing.assert_close(layer.weight, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_first_layer_uses_the_scoring_gram_like_its_own_pass(tiny):
+    """The first layer's Gram matrix from the scoring pass equals the one SparseGPT's own pass
+    over its (unchanged) inputs would gather, so both prune it alike."""
+    model, x = tiny
+    scores = ecprune.importance(model, x, "sparsegpt")
+    counts = {"0": 5, "2": 6, "4": 3}
+    results = []
+    for grams in (scores.grams, None):
+        pruned = copy.deepcopy(model)
+        layers = {name: pruned.get_submodule(name) for name in counts}
+        sparsegpt_layers(pruned, layers, counts, lambda: [ecprune.batching.Batch(x, None)],
+                         grams=grams)
+        results.append(pruned.state_dict())
+    for key, value in results[1].items():
+        torch.testing.assert_close(results[0][key], value, rtol=1e-12, atol=1e-14)

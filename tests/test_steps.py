@@ -46,9 +46,11 @@ def test_steps_one_of_the_reconstructions_equals_their_pieces(tiny):
     one = copy.deepcopy(model)
     ecprune.prune(one, x, 0.6, method="ecp-refit", steps=1)
     pieces = copy.deepcopy(model)
-    ecprune.prune_by_importance(pieces, ecprune.importance(pieces, x, "ecp-refit"), 0.6)
+    scores = ecprune.importance(pieces, x, "ecp-refit")
+    ecprune.prune_by_importance(pieces, scores, 0.6)
     layers = select_layers(pieces, None)
-    refit_layers(pieces, model, layers, lambda: [ecprune.batching.Batch(x, None)])
+    refit_layers(pieces, model, layers, lambda: [ecprune.batching.Batch(x, None)],
+                 grams=scores.grams)
     assert states_equal(one, pieces)
 
     one = copy.deepcopy(model)
@@ -59,7 +61,8 @@ def test_steps_one_of_the_reconstructions_equals_their_pieces(tiny):
     present = {name: keep_mask(layer) for name, layer in layers.items()}
     chosen = select({n: r.score for n, r in scores.items()}, present, 0.6, "global").newly_pruned
     counts = {name: int(chosen[name].sum()) for name in layers}
-    sparsegpt_layers(pieces, layers, counts, lambda: [ecprune.batching.Batch(x, None)])
+    sparsegpt_layers(pieces, layers, counts, lambda: [ecprune.batching.Batch(x, None)],
+                     grams=scores.grams)
     assert states_equal(one, pieces)
 
 

@@ -121,16 +121,20 @@ class Importances(dict[str, LayerImportance]):
     Attributes: ``method``, ``seconds`` (data pass + scoring), ``mean_output_sq``
     (``E||y||^2`` over the data, the scale of relative output errors), ``curves`` (with
     ``allocation="refit"``: each layer's refit error curve, :func:`ecprune.allocation.
-    refit_curves`, from which :func:`prune_by_importance` allocates the global count; else None).
+    refit_curves`, from which :func:`prune_by_importance` allocates the global count; else None),
+    ``grams`` (methods that gather them: each layer's ``sum [a, 1]^T [a, 1]`` over the data,
+    float64, which :func:`prune` reuses for the first layer's weight update; else None).
     """
 
     def __init__(self, items: dict[str, LayerImportance], *, method: str, seconds: float,
-                 mean_output_sq: float, curves: dict | None = None):
+                 mean_output_sq: float, curves: dict | None = None,
+                 grams: dict[str, torch.Tensor] | None = None):
         super().__init__(items)
         self.method = method
         self.seconds = seconds
         self.mean_output_sq = mean_output_sq
         self.curves = curves
+        self.grams = grams
 
 
 def _auto_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -211,8 +215,7 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
     loss = _require_targets(_resolve_loss(opts.loss)) if criterion.needs_targets else None
     batches = _batches(model, data, opts)()
     request = criterion.request(loss=loss, samples=opts.nonlinear_samples, seed=opts.seed)
-    request = dataclasses.replace(request, estimator=opts.sensitivity, probes=opts.probes,
-                                  gram=request.gram or allocation == "refit")
+    request = dataclasses.replace(request, estimator=opts.sensitivity, probes=opts.probes)
     stats = collect_statistics(model, layers, batches, request, output_fn=opts.output_fn,
                                progress=opts.progress)
     context = ScoringContext(model=model, layers=layers,
@@ -225,8 +228,9 @@ def importance(model: nn.Module, data: object, method: str = "ecp", **options) -
         curves = refit_curves(stats, layers, context.weights,
                               {name: found.score for name, found in scores.items()}, opts.damping,
                               seed=opts.seed)
+    grams = {name: stats.layers[name].gram for name in layers} if request.gram else None
     return Importances(scores, method=method, seconds=time.perf_counter() - start,
-                       mean_output_sq=stats.mean_output_sq, curves=curves)
+                       mean_output_sq=stats.mean_output_sq, curves=curves, grams=grams)
 
 
 @dataclass(frozen=True)
@@ -344,15 +348,19 @@ def prune_by_importance(model: nn.Module, importances: Importances, sparsity: fl
     return _report(importances, layers, selection, scope, sparsity, start)
 
 
-def _one_shot(model, data, sparsity, method, scope, options, reference) -> PruneReport:
-    """Score, select and apply; then refit (ecp-refit)."""
+# A pruning step: ``(model, data, sparsity, method, scope, options, reference) -> (report,
+# importances)``, the importances it scored with (whose Gram matrices a refit may reuse).
+
+
+def _one_shot(model, data, sparsity, method, scope, options, reference):
+    """Score, select and apply the shifts."""
     del reference
     scores = importance(model, data, method, **options)
     return prune_by_importance(model, scores, sparsity, scope,
-                               add_bias=options.get("add_bias", False))
+                               add_bias=options.get("add_bias", False)), scores
 
 
-def _sparsegpt(model, data, sparsity, method, scope, options, reference) -> PruneReport:
+def _sparsegpt(model, data, sparsity, method, scope, options, reference):
     """Per-layer counts from the selection, then SparseGPT layer by layer."""
     del reference
     scores = importance(model, data, method, **options)
@@ -362,12 +370,11 @@ def _sparsegpt(model, data, sparsity, method, scope, options, reference) -> Prun
               for name in layers}
     if opts.add_bias:
         add_zero_biases(layers)
-    if not any(selection.newly_pruned[name].any() for name in layers):
-        return _report(scores, layers, selection, scope, sparsity, start)
-    sparsegpt_layers(model, layers, counts, _batches(model, data, opts), damping=opts.damping,
-                     block_size=opts.block_size, output_fn=opts.output_fn,
-                     progress=opts.progress)
-    return _report(scores, layers, selection, scope, sparsity, start)
+    if any(selection.newly_pruned[name].any() for name in layers):
+        sparsegpt_layers(model, layers, counts, _batches(model, data, opts),
+                         damping=opts.damping, block_size=opts.block_size,
+                         output_fn=opts.output_fn, progress=opts.progress, grams=scores.grams)
+    return _report(scores, layers, selection, scope, sparsity, start), scores
 
 
 def _removed(layers: dict[str, nn.Linear]) -> int:
@@ -378,17 +385,19 @@ def _then_refit(step):
     """``step`` (a selection and its own compensation), then the layer-wise least-squares refit
     of every kept weight and bias toward the dense ``reference`` (:mod:`ecprune.refit`)."""
 
-    def refit(model, data, sparsity, method, scope, options, reference) -> PruneReport:
+    def refit(model, data, sparsity, method, scope, options, reference):
         layers = select_layers(model, options.get("layers"))
         removed = _removed(layers)
-        report = step(model, data, sparsity, method, scope, options, None)
+        report, scores = step(model, data, sparsity, method, scope, options, None)
         start, opts = time.perf_counter(), _options(options, "prune")
         if _removed(layers) == removed:
-            return report  # nothing new removed: the model is left as it is
+            return report, scores  # nothing new removed: the model is left as it is
         refit_layers(model, reference, select_layers(model, list(report.layers)),
                      _batches(model, data, opts), weighting=opts.refit_weighting,
-                     damping=opts.damping, output_fn=opts.output_fn, progress=opts.progress)
-        return dataclasses.replace(report, seconds=report.seconds + time.perf_counter() - start)
+                     damping=opts.damping, output_fn=opts.output_fn, progress=opts.progress,
+                     grams=scores.grams)
+        seconds = report.seconds + time.perf_counter() - start
+        return dataclasses.replace(report, seconds=seconds), scores
 
     return refit
 
@@ -467,6 +476,6 @@ def prune(model: nn.Module, data: object, sparsity: float, method: str = "ecp",
     reference = detached_copy(model) if method in REFITTING else None
     start = _removed(layers) / sum(layer.weight.numel() for layer in layers.values())
     with preserved(layers):
-        reports = [step(model, data, target, method, scope, options, reference)
+        reports = [step(model, data, target, method, scope, options, reference)[0]
                    for target in step_sparsities(start, sparsity, steps)]
     return _combine(reports)

@@ -219,10 +219,15 @@ class Random(Criterion):
 class ECPRefit(ECP):
     """ECP's scores and shifts; :func:`ecprune.prune` then refits every row's kept weights and
     bias by least squares toward the dense pre-activations (:mod:`ecprune.refit`). The refit
-    needs the data, so :func:`ecprune.prune_by_importance` applies the shifts only."""
+    needs the data, so :func:`ecprune.prune_by_importance` applies the shifts only. The pass
+    also gathers each layer's Gram matrix: the refit allocation's error curves and the first
+    layer's refit read it (:mod:`ecprune.allocation`, :func:`ecprune.refit.refit_layers`)."""
 
     name = "ecp-refit"
     predicts_error = False
+
+    def request(self, *, loss, samples: int, seed: int) -> StatisticsRequest:
+        return StatisticsRequest(sensitivity=True, gram=True, seed=seed)
 
 
 class SparseGPT(Criterion):

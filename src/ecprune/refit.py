@@ -93,6 +93,14 @@ class RowSystems:
             self.grams[i] += scaled.T @ columns
             self.cross[i] += scaled.T @ target[:, i]
 
+    def update_from_gram(self, gram: torch.Tensor, target_rows: torch.Tensor) -> None:
+        """Add a whole pass at once when the targets are linear in the inputs,
+        ``u = [a, 1] target_rows^T``: from ``gram = sum [a, 1]^T [a, 1]``, the sums are
+        ``gram`` on the active columns and ``gram target_rows^T`` (plain fit only)."""
+        rows = gram[self.active]
+        self.gram += rows[:, self.active]
+        self.cross_all += rows @ target_rows.T
+
     def all_reduce(self) -> None:
         """Sum the systems over ranks (under ``torch.distributed``)."""
         tensors = [*self.grams, *self.cross] if self.weighted else [self.gram, self.cross_all]
@@ -137,13 +145,25 @@ def _dense_preactivations(reference: nn.Module, name: str, inputs: torch.Tensor,
 
 def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Linear,
                 batches: BatchFactory, *, weighting: str, damping: float,
-                output_fn: Callable | None = None, progress: bool | None = None) -> None:
-    """Refit the kept weights and the bias of one (already masked) layer in place."""
+                output_fn: Callable | None = None, progress: bool | None = None,
+                gram: torch.Tensor | None = None) -> None:
+    """Refit the kept weights and the bias of one (already masked) layer in place.
+
+    ``gram``: ``sum [a, 1]^T [a, 1]`` of the layer's inputs when they are the same in ``model``
+    and ``reference`` (no pruned layer upstream); the plain fit then reads no data, its targets
+    being the reference layer's ``[a, 1] [W, b]^T``.
+    """
     keep = keep_mask(layer)
     has_bias = layer.bias is not None
     weighted = weighting == "sensitivity"
     usable = torch.cat([keep, keep.new_full((len(keep), 1), has_bias)], 1)
     systems = RowSystems(usable, weighted=weighted)
+    if gram is not None and not weighted:
+        dense = reference.get_submodule(name)
+        dense_bias = dense.bias if dense.bias is not None else dense.weight.new_zeros(len(keep))
+        systems.update_from_gram(gram, augmented_weight(effective_weight(dense), dense_bias))
+        _solve_and_write(name, layer, systems, keep, damping)
+        return
 
     def accumulate() -> None:
         with eval_mode(reference):
@@ -160,6 +180,12 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
     distributed.run_on_every_rank(accumulate)
     if distributed.is_distributed():
         systems.all_reduce()
+    _solve_and_write(name, layer, systems, keep, damping)
+
+
+def _solve_and_write(name: str, layer: nn.Linear, systems: RowSystems, keep: torch.Tensor,
+                     damping: float) -> None:
+    has_bias = layer.bias is not None
     weight = effective_weight(layer)
     bias = layer.bias if has_bias else weight.new_zeros(len(weight))  # unused ones column
     refit = solve_rows(systems, augmented_weight(weight, bias), damping)
@@ -168,8 +194,15 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
 
 def refit_layers(model: nn.Module, reference: nn.Module, layers: dict[str, nn.Linear],
                  batches: BatchFactory, *, weighting: str = "plain", damping: float = 0.01,
-                 output_fn: Callable | None = None, progress: bool | None = None) -> None:
-    """Refit every layer of ``layers``, from input to output, toward the dense ``reference``."""
-    for name in execution_order(model, layers, batches, output_fn):
+                 output_fn: Callable | None = None, progress: bool | None = None,
+                 grams: dict[str, torch.Tensor] | None = None) -> None:
+    """Refit every layer of ``layers``, from input to output, toward the dense ``reference``.
+
+    ``grams``: the Gram matrices of a pass over the same data (:attr:`ecprune.api.Importances.
+    grams`); the first layer to run, whose inputs no pruning upstream can change, is refit
+    from its Gram matrix without a pass of its own (plain fit).
+    """
+    for k, name in enumerate(execution_order(model, layers, batches, output_fn)):
+        gram = grams.get(name) if grams is not None and k == 0 else None
         refit_layer(model, reference, name, layers[name], batches, weighting=weighting,
-                    damping=damping, output_fn=output_fn, progress=progress)
+                    damping=damping, output_fn=output_fn, progress=progress, gram=gram)

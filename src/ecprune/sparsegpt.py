@@ -128,13 +128,18 @@ def sparsegpt_layer(name: str, layer: nn.Linear, gram: torch.Tensor, count: int,
 
 def sparsegpt_layers(model: nn.Module, layers: dict[str, nn.Linear], counts: dict[str, int],
                      batches: BatchFactory, *, damping: float = 0.01, block_size: int = 128,
-                     output_fn: Callable | None = None, progress: bool | None = None) -> None:
+                     output_fn: Callable | None = None, progress: bool | None = None,
+                     grams: dict[str, torch.Tensor] | None = None) -> None:
     """Prune every layer to ``counts[name]`` removals, one after the other from the input,
-    each on the Gram matrix of its inputs in the network pruned so far (one pass each)."""
+    each on the Gram matrix of its inputs in the network pruned so far (one pass each).
+    ``grams`` (of a pass over the same data): the first layer to run, whose inputs no pruning
+    upstream can change, uses its own and needs no pass."""
     request = StatisticsRequest(gram=True)
-    for name in execution_order(model, layers, batches, output_fn):
+    for k, name in enumerate(execution_order(model, layers, batches, output_fn)):
         layer = layers[name]
-        stats = collect_statistics(model, {name: layer}, batches(), request,
-                                   output_fn=output_fn, progress=progress)
-        sparsegpt_layer(name, layer, stats.layers[name].gram, counts[name], damping=damping,
-                        block_size=block_size)
+        if grams is not None and k == 0:
+            gram = grams[name]
+        else:
+            gram = collect_statistics(model, {name: layer}, batches(), request,
+                                      output_fn=output_fn, progress=progress).layers[name].gram
+        sparsegpt_layer(name, layer, gram, counts[name], damping=damping, block_size=block_size)
