@@ -19,12 +19,15 @@ Statistics are streamed: one pass per layer. Plain: ``G = sum [a,1]^T [a,1]`` an
 row's system sliced from them. Sensitivity-weighted: one Gram matrix per row on its own support,
 memory O(sum_i |K_i|^2), and one batched reverse pass per output and chunk.
 
-``"plain"`` is the default (docs/beyond.md, 5 seeds, prune only): the weighted fit's test loss
-is lower but by little where pruning hurts (MNIST 784-64-64-10: 0.04-1.2 %, test accuracy +0.1
-point at most, not significant; diffusion-sorption: 19-40 % at r = 0.5, 0.1-7 % at r >= 0.9),
-for 2.4-10 times the time. Refitting after each of ``steps=3`` costs about as much and helps
-far more at high sparsity (MNIST r = 0.9: +1.0 accuracy point; diffusion-sorption: 85-94 %
-lower loss).
+``"plain"`` is the default (docs/beyond.md, 5 seeds, prune only): the weighted fit changes
+little (MNIST 784-64-64-10: test loss within 0.34 %, accuracy within 0.05 points; the deep
+diffusion-sorption network: 15-37 % lower loss at r = 0.5-0.8, not significant elsewhere) for
+1.7-9 times the time. Refitting after each of ``steps=3`` costs about as much and helps far
+more at high sparsity (r = 0.9: MNIST +0.67 accuracy points, diffusion-sorption 69-89 % lower
+loss).
+
+The first layer to run sees the data whatever is pruned: given the scoring pass's Gram matrix
+(``grams``), its plain fit reads no data, the dense targets being ``[a, 1] [W, b]^T``.
 """
 
 from __future__ import annotations
