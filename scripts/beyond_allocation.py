@@ -22,22 +22,13 @@ from torch.utils.data import TensorDataset
 
 import ecprune
 from ecprune.experiments.beyond import BEYOND_MNIST
+from ecprune.experiments.job import Job, train_dense
 from ecprune.experiments.mnist import load_mnist_split
-from ecprune.experiments.stacked import StackedMLP, mlp
-from ecprune.experiments.training import TrainSettings, evaluate, train
+from ecprune.experiments.stacked import StackedMLP
+from ecprune.experiments.training import evaluate
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "results" / "beyond-allocation.csv"
 RATIOS = (0.8, 0.9, 0.95)
-
-
-def dense_network(seed: int, split) -> torch.nn.Sequential:
-    """The beyond-mnist job's dense network of ``seed`` (same initialisation and training)."""
-    config = BEYOND_MNIST
-    stacked = StackedMLP.from_models([mlp(config.architectures[0], seed=seed)])
-    train(stacked, split.x_train, split.y_train,
-          TrainSettings(epochs=config.epochs, batch_size=config.batch_size, loss=config.loss,
-                        seed=seed, lr=config.lr, lr_decay=config.lr_decay))
-    return stacked.network(0)
 
 
 def removed_fractions(dense, scores, ratio: float) -> dict[str, float]:
@@ -58,7 +49,8 @@ def main() -> None:
     data = TensorDataset(split.x_train, split.y_train)
     rows = []
     for seed in args.seeds:
-        dense = dense_network(seed, split)
+        job = Job("", BEYOND_MNIST.architectures[0], seed)
+        dense, _ = train_dense(BEYOND_MNIST, job, split)
         loss, _ = evaluate(StackedMLP.from_models([dense]), split.x_test, split.y_test,
                            BEYOND_MNIST.loss)
         print(f"seed {seed}: dense test loss {loss[0].item():.8g} (beyond-mnist.csv's dense row)")

@@ -162,9 +162,7 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
     usable = torch.cat([keep, keep.new_full((len(keep), 1), has_bias)], 1)
     systems = RowSystems(usable, weighted=weighted)
     if gram is not None and not weighted:
-        dense = reference.get_submodule(name)
-        dense_bias = dense.bias if dense.bias is not None else dense.weight.new_zeros(len(keep))
-        systems.update_from_gram(gram, augmented_weight(effective_weight(dense), dense_bias))
+        systems.update_from_gram(gram, _rows(reference.get_submodule(name)))
         _solve_and_write(name, layer, systems, keep, damping)
         return
 
@@ -188,11 +186,17 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
 
 def _solve_and_write(name: str, layer: nn.Linear, systems: RowSystems, keep: torch.Tensor,
                      damping: float) -> None:
-    has_bias = layer.bias is not None
+    refit = solve_rows(systems, _rows(layer), damping)
+    write_layer(name, layer, refit[:, :-1], refit[:, -1] if layer.bias is not None else None,
+                keep)
+
+
+def _rows(layer: nn.Linear) -> torch.Tensor:
+    """``[W, b]`` of ``layer`` in float64; a zero bias column for a layer without one (the
+    ones column no row then uses)."""
     weight = effective_weight(layer)
-    bias = layer.bias if has_bias else weight.new_zeros(len(weight))  # unused ones column
-    refit = solve_rows(systems, augmented_weight(weight, bias), damping)
-    write_layer(name, layer, refit[:, :-1], refit[:, -1] if has_bias else None, keep)
+    bias = layer.bias if layer.bias is not None else weight.new_zeros(len(weight))
+    return augmented_weight(weight, bias)
 
 
 def refit_layers(model: nn.Module, reference: nn.Module, layers: dict[str, nn.Linear],

@@ -103,6 +103,22 @@ def _load_importances(path: Path) -> Importances:
                        mean_output_sq=state["mean_output_sq"])
 
 
+def train_settings(config: ExperimentConfig, epochs: int, seed: int) -> TrainSettings:
+    """The experiment's optimiser settings for ``epochs`` epochs, batch order from ``seed``."""
+    return TrainSettings(epochs=epochs, batch_size=config.batch_size, loss=config.loss,
+                         seed=seed, lr=config.lr, lr_decay=config.lr_decay)
+
+
+def train_dense(config: ExperimentConfig, job: Job, split: Split, *,
+                checkpoint: Path | None = None) -> tuple[torch.nn.Sequential, float]:
+    """The dense network of ``job`` trained by the experiment's protocol, and the seconds."""
+    model = mlp(job.widths, seed=job.seed).to(split.x_train.device)
+    stacked = StackedMLP.from_models([model])
+    seconds = train(stacked, split.x_train, split.y_train,
+                    train_settings(config, config.epochs, job.seed), checkpoint=checkpoint)
+    return stacked.network(0), seconds
+
+
 class JobRunner:
     """Runs the units of one job that the results CSV lacks; see the module docstring."""
 
@@ -137,9 +153,7 @@ class JobRunner:
                               "seconds": f"{seconds:.6g}"}])
 
     def settings(self, epochs: int, stream: int = 0) -> TrainSettings:
-        return TrainSettings(epochs=epochs, batch_size=self.config.batch_size,
-                             loss=self.config.loss, seed=self.job.seed + stream,
-                             lr=self.config.lr, lr_decay=self.config.lr_decay)
+        return train_settings(self.config, epochs, self.job.seed + stream)
 
     def evaluation_rows(self, model: StackedMLP, cells: list[tuple[str, float]], phase: str,
                         epochs: int, extras: list[dict] | None = None) -> list[dict]:
@@ -171,16 +185,13 @@ class JobRunner:
     def dense(self) -> torch.nn.Sequential:
         """The trained dense network (from its checkpoint when there is one); writes its row."""
         path = self.checkpoints / "dense.pt"
-        model = mlp(self.job.widths, seed=self.job.seed).to(self.device)
         if path.is_file():
+            model = mlp(self.job.widths, seed=self.job.seed).to(self.device)
             model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
         else:
-            stacked = StackedMLP.from_models([model])
-            seconds = train(stacked, self.split.x_train, self.split.y_train,
-                            self.settings(self.config.epochs),
-                            checkpoint=self.checkpoints / "dense-training.pt")
+            model, seconds = train_dense(self.config, self.job, self.split,
+                                         checkpoint=self.checkpoints / "dense-training.pt")
             self.record_time("train-dense", 1, self.config.epochs, seconds)
-            model = stacked.network(0)
             torch.save(model.state_dict(), path)
         if self.missing("dense", 0.0, "dense"):
             self.write(self.evaluation_rows(StackedMLP.from_models([model]), [("dense", 0.0)],
