@@ -4,7 +4,7 @@ Trains MNIST 784-64-64-10 (PReLU, Adam, 15 epochs, batch 128: the experiment's p
 scores it with ``nonlinear`` on subsamples of 256 ... 4096 training inputs (and 1024 with
 another seed), and compares each ranking with the 4096-sample reference: Spearman correlation
 of all scores, and the overlap of the pruned sets and the prune-only test loss at several ratios.
-Also times the Sequential fast path against the general vmap path of ecprune.nonlinear.
+Also times the Sequential fast path against the general vmap path of ecprune.methods.nonlinear.
 
 Run: ``python benchmarks/nonlinear_subsample.py --out benchmarks/results`` (about 10 minutes on
 2 idle cores). Writes nonlinear_subsample.json and prints a markdown table.

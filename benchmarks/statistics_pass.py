@@ -42,10 +42,10 @@ from statistics_common import (
 from torch.utils.data import TensorDataset
 
 import ecprune
-from ecprune.batching import iter_batches
-from ecprune.nonlinear import brute_force_errors
-from ecprune.sensitivity import resolve_probes
-from ecprune.statistics import StatisticsRequest, collect_statistics
+from ecprune.engine.batching import iter_batches
+from ecprune.engine.sensitivity import resolve_probes
+from ecprune.engine.statistics import StatisticsRequest, collect_statistics
+from ecprune.methods.nonlinear import brute_force_errors
 
 NONLINEAR_FULL_SECONDS = 60.0  # run the public nonlinear criterion in full below this
 

@@ -34,7 +34,7 @@ from statistics_common import (
 )
 
 import ecprune
-from ecprune.sensitivity import AUTO_PROBES
+from ecprune.engine.sensitivity import AUTO_PROBES
 
 SWEEPS = {
     "samples": [(784, 64, 64, 10, n) for n in (1000, 2000, 5000, 10_000, 20_000, 60_000)],

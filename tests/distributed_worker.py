@@ -36,7 +36,8 @@ def results(model, data):
     """Scores, shifts and pruned parameters of every method."""
     out = {}
     for method in ecprune.METHODS:
-        scores = ecprune.importance(model, data, method, chunk_size=4, nonlinear_samples=16)
+        options = ecprune.methods.applicable(method, {"nonlinear_samples": 16})
+        scores = ecprune.importance(model, data, method, chunk_size=4, **options)
         out[method] = {name: (r.score, r.bias_shift) for name, r in scores.items()}
     clone = copy.deepcopy(model)
     ecprune.prune(clone, data, 0.6, chunk_size=4)

@@ -12,8 +12,8 @@ from torch import nn
 
 import ecprune
 from conftest import bias_jacobians, layer_io, mlp
-from ecprune import allocation
-from ecprune.allocation import allocate, error_curve
+from ecprune.reconstruct import allocation
+from ecprune.reconstruct.allocation import allocate, error_curve
 
 
 def design(samples=60, n_in=5, seed=0):

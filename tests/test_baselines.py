@@ -11,7 +11,7 @@ from torch import nn
 
 import ecprune
 from conftest import SkipNet, layer_inputs, mlp
-from ecprune.nonlinear import _perturbed_outputs
+from ecprune.methods.nonlinear import _perturbed_outputs
 
 
 def brute_force(model, x, name, i, j):

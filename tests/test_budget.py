@@ -11,7 +11,7 @@ from torch.nn.utils import prune as torch_prune
 
 import ecprune
 from conftest import mlp
-from ecprune.layers import copy_model, keep_mask
+from ecprune.engine.layers import copy_model, keep_mask
 
 
 def brute_force_count(model, scores, budget):

@@ -13,13 +13,12 @@ from torch.utils.data import TensorDataset
 
 import ecprune
 from conftest import bias_jacobians, mlp
-from ecprune.api import PRUNE_STEPS
-from ecprune.criteria import CRITERIA
+from ecprune.methods import REGISTRY
 
 
 def data_for(method, x):
     targets = torch.randint(0, 2, (len(x),), generator=torch.Generator().manual_seed(0))
-    return TensorDataset(x, targets) if CRITERIA[method].needs_targets else x
+    return TensorDataset(x, targets) if REGISTRY[method].needs_targets else x
 
 
 @pytest.mark.parametrize("method", ecprune.METHODS)
@@ -31,7 +30,7 @@ def test_scores_have_weight_shape_and_are_finite_and_non_negative(tiny, method):
         weight = model.get_submodule(name).weight
         assert r.score.shape == weight.shape and r.score.dtype == weight.dtype
         assert torch.isfinite(r.score).all() and (r.score >= 0).all()
-        assert (r.bias_shift is not None) == CRITERIA[method].compensates
+        assert (r.bias_shift is not None) == REGISTRY[method].compensates
         if r.bias_shift is not None:
             assert r.bias_shift.shape == weight.shape and torch.isfinite(r.bias_shift).all()
 
@@ -43,7 +42,7 @@ def test_prune_removes_exactly_k_and_reports_it(tiny, method, scope):
     report = ecprune.prune(model, data_for(method, x), 0.6, method=method, scope=scope)
     masks = [m.weight_mask for m in model if isinstance(m, nn.Linear)]
     assert sum(int((mask == 0).sum()) for mask in masks) == round(0.6 * report.total) == report.total - report.kept
-    assert (report.predicted_error is not None) == CRITERIA[method].predicts_error
+    assert (report.predicted_error is not None) == REGISTRY[method].predicts_error
     assert report.seconds >= report.scoring_seconds > 0
     assert torch.isfinite(model(x)).all()
 
@@ -76,7 +75,7 @@ def test_steps_one_is_the_one_shot_method(tiny, method):
     ecprune.prune(one_step, data_for(method, x), 0.5, method=method, steps=1)
     for key, value in one_shot.state_dict().items():
         assert torch.equal(value, one_step.state_dict()[key]), key
-    if method not in PRUNE_STEPS:  # these update weights after the selection
+    if not REGISTRY[method].rereads_data:  # these update weights after the selection
         scores = ecprune.importance(model, data_for(method, x), method)
         ecprune.prune_by_importance(model, scores, 0.5)
         for key, value in model.state_dict().items():

@@ -16,8 +16,8 @@ import torch
 
 import ecprune
 from distributed_worker import problem, results
-from ecprune.batching import shard_range
-from ecprune.statistics import sample_keys
+from ecprune.engine.batching import shard_range
+from ecprune.engine.statistics import sample_keys
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")

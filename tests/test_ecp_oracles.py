@@ -16,7 +16,8 @@ from torch import nn
 
 import ecprune
 from conftest import SkipNet, bias_jacobians, mlp, weight_jacobians
-from ecprune.statistics import LayerTape, sensitivities
+from ecprune.engine.sensitivity import sensitivities
+from ecprune.engine.tape import LayerTape
 
 RTOL = 1e-9
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import ecprune
 from conftest import mlp
-from ecprune import nonlinear
+from ecprune.methods import nonlinear
 
 
 def general_scores(model, x, **options):

@@ -11,7 +11,7 @@ from torch.nn.utils import prune as torch_prune
 
 import ecprune
 from conftest import SkipNet, mlp
-from ecprune.compensation import layer_counts
+from ecprune.masking.selection import layer_counts
 
 
 def removed(model):
@@ -193,7 +193,7 @@ def test_missing_bias_raises_unless_add_bias():
 def test_failed_apply_leaves_no_trace(tiny, monkeypatch):
     model, x = tiny
     state = copy.deepcopy(model.state_dict())
-    import ecprune.compensation as comp
+    import ecprune.masking.apply as comp
 
     calls = []
     original = comp._set_mask

@@ -12,7 +12,7 @@ from torch import nn
 
 import ecprune
 from conftest import bias_jacobians, layer_io, mlp
-from ecprune.refit import refit_layers
+from ecprune.reconstruct.refit import refit_layers
 
 LINEARS = ("0", "2", "4")
 
@@ -216,13 +216,13 @@ def test_first_layer_reuses_the_scoring_gram_and_reads_no_data(net_and_data, met
     pruned, reference = copy.deepcopy(dense), copy.deepcopy(dense)
     scores = ecprune.importance(pruned, x, method)
     assert set(scores.grams) == set(LINEARS)
-    ecprune.prune_by_importance(pruned, scores, 0.6)
+    ecprune.prune_by_importance(pruned, scores, 0.6, data=x)  # SparseGPT's update needs the data
     layers = {name: pruned.get_submodule(name) for name in LINEARS}
     passes = []
 
     def batches():
         passes.append(1)
-        return [ecprune.batching.Batch(x, None)]
+        return [ecprune.engine.batching.Batch(x, None)]
 
     results = []
     for grams in (scores.grams, None):

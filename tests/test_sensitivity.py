@@ -17,10 +17,11 @@ from torch.nn.utils import prune as torch_prune
 
 import ecprune
 from conftest import SkipNet, bias_jacobians, mlp
-from ecprune import sensitivity
-from ecprune.batching import iter_batches
-from ecprune.sensitivity import ChainRun, chain_sensitivities, find_chain, sensitivities
-from ecprune.statistics import LayerTape, StatisticsRequest, collect_statistics
+from ecprune.engine import sensitivity
+from ecprune.engine.batching import iter_batches
+from ecprune.engine.sensitivity import ChainRun, chain_sensitivities, find_chain, sensitivities
+from ecprune.engine.statistics import StatisticsRequest, collect_statistics
+from ecprune.engine.tape import LayerTape
 
 RTOL = 1e-10
 Z_BOUND = 5  # standard errors: P(|z| > 5) < 6e-7 per element for a Gaussian mean

@@ -12,7 +12,7 @@ from torch import nn
 
 import ecprune
 from conftest import bias_jacobians
-from ecprune.sparsegpt import block_quotas, sparsegpt_layers, sparsegpt_rows
+from ecprune.reconstruct.sparsegpt import block_quotas, sparsegpt_layers, sparsegpt_rows
 
 
 def layer_and_data(n_in=4, n_out=3, n=50, seed=0):
@@ -162,7 +162,7 @@ def test_first_layer_uses_the_scoring_gram_like_its_own_pass(tiny):
     for grams in (scores.grams, None):
         pruned = copy.deepcopy(model)
         layers = {name: pruned.get_submodule(name) for name in counts}
-        sparsegpt_layers(pruned, layers, counts, lambda: [ecprune.batching.Batch(x, None)],
+        sparsegpt_layers(pruned, layers, counts, lambda: [ecprune.engine.batching.Batch(x, None)],
                          grams=grams)
         results.append(pruned.state_dict())
     for key, value in results[1].items():

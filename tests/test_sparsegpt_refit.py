@@ -9,9 +9,9 @@ from torch import nn
 
 import ecprune
 from conftest import mlp
-from ecprune.batching import Batch
-from ecprune.layers import keep_mask, select_layers
-from ecprune.refit import refit_layers
+from ecprune.engine.batching import Batch
+from ecprune.engine.layers import keep_mask, select_layers
+from ecprune.reconstruct.refit import refit_layers
 
 
 def test_is_sparsegpt_then_the_refit_toward_the_dense_network():

@@ -11,10 +11,10 @@ from torch.nn.utils import prune as torch_prune
 
 import ecprune
 from ecprune.api import step_sparsities
-from ecprune.compensation import select
-from ecprune.layers import keep_mask, select_layers
-from ecprune.refit import refit_layers
-from ecprune.sparsegpt import sparsegpt_layers
+from ecprune.engine.layers import keep_mask, select_layers
+from ecprune.masking.selection import select
+from ecprune.reconstruct.refit import refit_layers
+from ecprune.reconstruct.sparsegpt import sparsegpt_layers
 
 
 def states_equal(a, b):
@@ -49,7 +49,7 @@ def test_steps_one_of_the_reconstructions_equals_their_pieces(tiny):
     scores = ecprune.importance(pieces, x, "ecp-refit")
     ecprune.prune_by_importance(pieces, scores, 0.6)
     layers = select_layers(pieces, None)
-    refit_layers(pieces, model, layers, lambda: [ecprune.batching.Batch(x, None)],
+    refit_layers(pieces, model, layers, lambda: [ecprune.engine.batching.Batch(x, None)],
                  grams=scores.grams)
     assert states_equal(one, pieces)
 
@@ -61,7 +61,7 @@ def test_steps_one_of_the_reconstructions_equals_their_pieces(tiny):
     present = {name: keep_mask(layer) for name, layer in layers.items()}
     chosen = select({n: r.score for n, r in scores.items()}, present, 0.6, "global").newly_pruned
     counts = {name: int(chosen[name].sum()) for name in layers}
-    sparsegpt_layers(pieces, layers, counts, lambda: [ecprune.batching.Batch(x, None)],
+    sparsegpt_layers(pieces, layers, counts, lambda: [ecprune.engine.batching.Batch(x, None)],
                      grams=scores.grams)
     assert states_equal(one, pieces)
 
@@ -94,7 +94,7 @@ def test_a_failure_in_a_later_step_leaves_no_trace(tiny, monkeypatch, method):
     model, x = tiny
     state = copy.deepcopy(model.state_dict())
     calls = []
-    original = ecprune.api.importance
+    original = ecprune.api.score
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -102,7 +102,7 @@ def test_a_failure_in_a_later_step_leaves_no_trace(tiny, monkeypatch, method):
             raise RuntimeError("injected failure")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ecprune.api, "importance", failing)
+    monkeypatch.setattr(ecprune.api, "score", failing)
     with pytest.raises(RuntimeError, match="injected"):
         ecprune.prune(model, x, 0.7, method=method, steps=3, add_bias=True)
     assert not torch_prune.is_pruned(model) and len(calls) == 3
@@ -115,7 +115,7 @@ def test_failure_after_adding_biases_removes_them(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.Tanh(),
                                 torch.nn.Linear(4, 2)).double()
     x = torch.randn(20, 3, dtype=torch.float64)
-    monkeypatch.setattr(ecprune.api, "refit_layers", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(ecprune.methods.updates, "refit_layers", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         ecprune.prune(model, x, 0.5, method="ecp-refit", add_bias=True)
     assert model[0].bias is None and not torch_prune.is_pruned(model)

@@ -10,7 +10,7 @@ from torch import nn
 
 import ecprune
 from conftest import layer_inputs
-from ecprune.compensation import layer_counts
+from ecprune.masking.selection import layer_counts
 
 
 def test_wanda_score_is_weight_magnitude_times_input_norm(tiny):

@@ -7,26 +7,21 @@
 (56, 112)
 """
 
-from . import distributed
-from .api import (
-    Importances,
-    LayerReport,
-    Options,
-    PruneReport,
-    importance,
-    prune,
-    prune_by_importance,
-)
+from . import distributed, methods
+from .api import importance, prune, prune_by_importance
 from .budget import BudgetChoice, budget_sparsity, prune_to_budget
-from .compaction import compact, layer_shapes
-from .criteria import CRITERIA, LayerImportance
-from .layers import bake_masks
+from .engine.layers import bake_masks
+from .export.compaction import compact, layer_shapes
+from .export.sparse import SparseLinear, to_sparse
 from .measure import OutputError, output_error
-from .sparse import SparseLinear, to_sparse
+from .methods import LayerImportance, Method
+from .options import Options
+from .report import Importances, LayerReport, PruneReport
 
 __version__ = "0.1.0"
 
-METHODS: tuple[str, ...] = tuple(CRITERIA)
+# The registered methods' names (the registry itself: ecprune.methods.REGISTRY).
+METHODS: tuple[str, ...] = tuple(methods.REGISTRY)
 
 __all__ = [
     "METHODS",
@@ -34,6 +29,7 @@ __all__ = [
     "Importances",
     "LayerImportance",
     "LayerReport",
+    "Method",
     "Options",
     "OutputError",
     "PruneReport",
@@ -45,6 +41,7 @@ __all__ = [
     "distributed",
     "importance",
     "layer_shapes",
+    "methods",
     "output_error",
     "prune",
     "prune_by_importance",

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .api import Importances, PruneReport, importance, prune_by_importance
-from .criteria import CRITERIA
-from .layers import keep_mask, select_layers
+from .api import importance, prune_by_importance
+from .engine.layers import keep_mask, select_layers
+from .methods import Method, names
+from .report import Importances, PruneReport
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ def _check_budget(error_budget: object) -> float:
 
 
 def _check_predicts_error(importances: Importances) -> None:
-    if not CRITERIA[importances.method].predicts_error:
-        valid = [name for name, cls in CRITERIA.items() if cls.predicts_error]
+    if not importances.method_object.predicts_error:
+        valid = names(predicts_error=True)
         raise ValueError(
             f"Method {importances.method!r} does not predict an output error, so it cannot be "
             f"pruned to an error budget. Use one of {valid}, or pass a sparsity instead."
@@ -105,8 +106,8 @@ def budget_sparsity(model: nn.Module, importances: Importances,
                         relative_predicted_error=error / importances.mean_output_sq)
 
 
-def prune_to_budget(model: nn.Module, data: object, error_budget: float, method: str = "ecp",
-                    **options) -> PruneReport:
+def prune_to_budget(model: nn.Module, data: object, error_budget: float,
+                    method: str | Method = "ecp", **options) -> PruneReport:
     """Score, then remove the most weights whose predicted relative error fits ``error_budget``.
 
     Global scope; ``options`` as for :func:`ecprune.prune`. The report's
@@ -124,5 +125,4 @@ def prune_to_budget(model: nn.Module, data: object, error_budget: float, method:
     _check_budget(error_budget)
     scores = importance(model, data, method, **options)
     choice = budget_sparsity(model, scores, error_budget)
-    return prune_by_importance(model, scores, choice.sparsity, "global",
-                               add_bias=options.get("add_bias", False))
+    return prune_by_importance(model, scores, choice.sparsity, "global", data=data)

@@ -1,8 +1,8 @@
 """The statistics pass on ``torch.distributed``: shard the data, all-reduce the sums once.
 
 When a process group is initialised (e.g. under ``torchrun --nproc-per-node N``), each rank
-streams its own share of the data (see :func:`ecprune.batching.shard_range`), and the float64
-sums of :mod:`ecprune.statistics` are all-reduced once, so every rank ends with identical
+streams its own share of the data (see :func:`ecprune.engine.batching.shard_range`), and the float64
+sums of :mod:`ecprune.engine.statistics` are all-reduced once, so every rank ends with identical
 scores, shifts and masks. A rank whose pass fails makes every rank fail with a message that
 names it, instead of leaving the others waiting in a collective; a rank that dies outright is
 detected by the backend (or after the process group's ``timeout``).
@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from .statistics import LayerStatistics, Statistics
+    from .engine.statistics import LayerStatistics, Statistics
 
 T = TypeVar("T")
 # The LayerStatistics fields that are plain sums over samples.

@@ -11,9 +11,10 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from ._validation import check_positive_int
-from .batching import iter_batches
-from .layers import model_dtype_device
-from .statistics import ACCUMULATE_DTYPE, eval_mode, forward, progress_disabled
+from .engine.batching import iter_batches
+from .engine.layers import model_dtype_device
+from .engine.statistics import ACCUMULATE_DTYPE
+from .engine.tape import eval_mode, forward, progress_disabled
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import ecprune
-from ecprune import distributed
-from ecprune.api import PRUNE_STEPS, SCOPES
-from ecprune.criteria import CRITERIA, LOSSES
-from ecprune.layers import copy_model, model_dtype_device, select_layers
-from ecprune.statistics import LayerTape, eval_mode, forward
+from ecprune import distributed, methods
+from ecprune.engine.layers import copy_model, model_dtype_device, select_layers
+from ecprune.engine.tape import LayerTape, eval_mode, forward
+from ecprune.masking.selection import SCOPES
+from ecprune.methods import LOSSES
 
 from .command import add_command
 from .data_files import FORMATS, LoadedData, load_data
@@ -61,16 +61,28 @@ class Pruned:
     seconds: dict[str, float]
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    """Fail on inconsistent options before loading anything."""
+# Method options of the command line: flag destination -> keyword option of ecprune.prune.
+METHOD_FLAGS = ("loss", "nonlinear_samples", "allocation", "sensitivity", "probes", "damping",
+                "block_size", "refit_weighting")
+
+
+def build_method(args: argparse.Namespace) -> methods.Method:
+    """The configured method of ``--method`` and the method options given on the command line."""
     if args.method not in ecprune.METHODS:
         raise ValueError(f"Unknown --method {args.method!r}; choose one of "
                          f"{', '.join(ecprune.METHODS)}.")
+    return methods.get(args.method, caller="ecprune prune",
+                       **{flag: getattr(args, flag) for flag in METHOD_FLAGS})
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Fail on inconsistent options before loading anything; sets ``args.pruner``, the method."""
+    args.pruner = build_method(args)
     if args.scope not in SCOPES:
         raise ValueError(f"Unknown --scope {args.scope!r}; choose one of {', '.join(SCOPES)}.")
     if args.error_budget is not None:
-        if not CRITERIA[args.method].predicts_error:
-            valid = [name for name, cls in CRITERIA.items() if cls.predicts_error]
+        if not args.pruner.predicts_error:
+            valid = methods.names(predicts_error=True)
             raise ValueError(f"--error-budget needs a method that predicts the output error "
                              f"({', '.join(valid)}); --method {args.method} does not. Pass "
                              "--sparsity instead.")
@@ -106,17 +118,15 @@ def prune_model(model: nn.Module, data: LoadedData, args: argparse.Namespace) ->
     """Score, prune (to ``--sparsity`` or ``--error-budget``), bake the masks, measure."""
     dense = copy_model(model)
     dataset = data.inputs if data.targets is None else TensorDataset(data.inputs, data.targets)
-    options = dict(layers=args.layers, loss=args.loss, chunk_size=args.chunk_size,
-                   seed=args.seed, nonlinear_samples=args.nonlinear_samples,
-                   add_bias=args.add_bias, allocation=args.allocation,
-                   progress=False if args.quiet else None)
+    options = dict(layers=args.layers, chunk_size=args.chunk_size, seed=args.seed,
+                   add_bias=args.add_bias, progress=False if args.quiet else None)
     start = time.perf_counter()
-    if args.steps > 1 or args.method in PRUNE_STEPS:  # more passes over the data after scoring
-        report = ecprune.prune(model, dataset, args.sparsity, args.method, args.scope,
+    if args.steps > 1 or args.pruner.rereads_data:  # more passes over the data after scoring
+        report = ecprune.prune(model, dataset, args.sparsity, args.pruner, args.scope,
                                steps=args.steps, **options)
         scoring = report.scoring_seconds
     else:
-        scores = ecprune.importance(model, dataset, args.method, **options)
+        scores = ecprune.importance(model, dataset, args.pruner, **options)
         scoring, sparsity = scores.seconds, args.sparsity
         if args.error_budget is not None:
             sparsity = ecprune.budget_sparsity(model, scores, args.error_budget).sparsity
@@ -164,8 +174,8 @@ def prune_and_write(args: argparse.Namespace) -> int:
     model = model.to(args.device)
     data = load_data(args.data, target_column=args.target_column,
                      max_samples=args.max_samples, seed=args.seed)
-    if args.method == "gradient" and data.targets is None:
-        raise ValueError("--method gradient needs targets: store them under 'targets' in a "
+    if args.pruner.needs_targets and data.targets is None:
+        raise ValueError(f"--method {args.method} needs targets: store them under 'targets' in a "
                          ".pt/.npz file, or pick a CSV column with --target-column.")
     if args.loss == "cross_entropy" and data.targets is not None:
         data = LoadedData(data.inputs, data.targets.long(), data.available)
@@ -244,8 +254,21 @@ def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
                             "targets, mse otherwise)")
     group.add_argument("--add-bias", action="store_true",
                        help="give bias-free Linear layers a zero bias so they can be compensated")
-    group.add_argument("--nonlinear-samples", type=int, default=1024, metavar="N",
+    group.add_argument("--nonlinear-samples", type=int, metavar="N",
                        help="inputs over which --method nonlinear averages (default: 1024)")
+    group.add_argument("--sensitivity", choices=["auto", "exact", "hutchinson"],
+                       help="how the methods that read ECP's sensitivities get them (ecp, "
+                            "ecp-nocomp, ecp-refit, sparsegpt, sparsegpt-refit; default: auto)")
+    group.add_argument("--probes", type=int, metavar="N",
+                       help="Hutchinson probes per sample (default: 8)")
+    group.add_argument("--damping", type=float, metavar="D",
+                       help="relative ridge of the Gram matrices of ecp-refit, sparsegpt and "
+                            "sparsegpt-refit (default: 0.01)")
+    group.add_argument("--block-size", type=int, metavar="N",
+                       help="columns per block of sparsegpt and sparsegpt-refit (default: 128)")
+    group.add_argument("--refit-weighting", choices=["plain", "sensitivity"],
+                       help="least squares of ecp-refit and sparsegpt-refit: plain or weighted "
+                            "by ECP's sensitivities (default: plain)")
     group.add_argument("--seed", type=int, default=0,
                        help="seed of --max-samples, --method random and nonlinear (default: 0)")
 

@@ -29,8 +29,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import ecprune
-from ecprune.api import Importances
-from ecprune.criteria import LayerImportance
+from ecprune import Importances, LayerImportance, methods
 
 from .config import ExperimentConfig, arch_name, reduced_widths, weight_count
 from .methods import masked_template, parse_label, prune_copy
@@ -204,9 +203,9 @@ class JobRunner:
         if path.is_file():
             return _load_importances(path)
         data = TensorDataset(self.split.x_train, self.split.y_train)
-        scores = ecprune.importance(dense, data, method, seed=self.job.seed, loss=self.config.loss,
-                                    nonlinear_samples=self.config.nonlinear_samples,
-                                    progress=False)
+        shared = {"loss": self.config.loss, "nonlinear_samples": self.config.nonlinear_samples}
+        scores = ecprune.importance(dense, data, method, seed=self.job.seed, progress=False,
+                                    **methods.applicable(method, shared))
         self.record_time(f"score-{method}", 1, 0, scores.seconds)
         _save_importances(scores, path)
         return scores

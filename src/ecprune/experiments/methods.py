@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import ecprune
-from ecprune.api import PRUNE_STEPS
+from ecprune import methods
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,12 @@ class MethodSpec:
     @property
     def scores_once(self) -> bool:
         """Scored once, pruned at every ratio from those scores (no data-driven update)."""
-        return self.steps == 1 and not self.options and self.method not in PRUNE_STEPS
+        return self.steps == 1 and not self.options and not self.pruner().rereads_data
+
+    def pruner(self, **shared) -> methods.Method:
+        """The configured method: its own options, plus those of ``shared`` it takes."""
+        return methods.get(self.method, **methods.applicable(self.method, shared),
+                           **dict(self.options))
 
 
 # Named variants: a library method with options (issue 9's comparison).
@@ -72,8 +77,8 @@ def prune_copy(dense: nn.Module, data: object, ratio: float, spec: MethodSpec, *
     (scoring, every step and every weight update)."""
     model = copy.deepcopy(dense)
     start = time.perf_counter()
-    ecprune.prune(model, data, ratio, spec.method, steps=spec.steps, seed=seed, loss=loss,
-                  nonlinear_samples=nonlinear_samples, progress=False, **dict(spec.options))
+    method = spec.pruner(loss=loss, nonlinear_samples=nonlinear_samples)
+    ecprune.prune(model, data, ratio, method, steps=spec.steps, seed=seed, progress=False)
     return model, time.perf_counter() - start
 
 

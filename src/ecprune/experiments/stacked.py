@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import effective_weight, keep_mask
+from ..engine.layers import effective_weight, keep_mask
 
 
 def mlp(widths: Sequence[int], *, seed: int, dtype: torch.dtype = torch.float32) -> nn.Sequential:

@@ -1,7 +1,7 @@
 """How many weights each layer loses when the kept weights are refit: ``allocation="refit"``.
 
 ECP's global ranking adds up single-weight errors with only the bias moving. Once every kept
-weight is refit (:mod:`ecprune.refit`) that sum no longer predicts which layer can lose more:
+weight is refit (:mod:`ecprune.reconstruct.refit`) that sum no longer predicts which layer can lose more:
 on MNIST 784-64-64-10 it removes too much of the first layer (docs/beyond.md). Following the
 non-uniform compression of Optimal Brain Compression (E. Frantar and D. Alistarh, NeurIPS 2022,
 dynamic programming over per-layer error curves), every layer gets an error curve ``e_l(k)``
@@ -32,7 +32,8 @@ import math
 
 import torch
 
-from .layers import keep_mask
+from ..engine.layers import keep_mask
+from ..masking.order import removal_order
 from .layerwise import ridge
 
 # Rows per layer whose curves are computed exactly; larger layers are sampled.
@@ -43,14 +44,6 @@ BUDGET_UNITS = 2000
 DAMPING_FLOOR = 1e-8
 # Entries of the (rows, n, n) batch of factorisations done at once.
 SOLVE_BATCH = 2**24
-
-
-def removal_order(score: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """Flat indices of the layer's weights in the order they are removed: weights already
-    absent first, then the lowest scores (ties by position), as :func:`ecprune.compensation.
-    select_counts` removes them."""
-    ranked = torch.where(present, score.to(torch.float64), -torch.inf).reshape(-1)
-    return torch.argsort(ranked, stable=True)
 
 
 def row_increments(inverse: torch.Tensor, rows: torch.Tensor,
@@ -73,14 +66,14 @@ def error_curve(gram: torch.Tensor, weight: torch.Tensor, score: torch.Tensor,
                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(counts, errors)``: for every ``k`` from the weights already absent to all of them,
     ``sum_i row_weights[i] * refit error of row i`` with the ``k`` first weights of
-    :func:`removal_order` removed. ``gram`` is ``E[x x^T]`` with the ones column last, so the
-    bias is refit with the kept weights (a layer without one is refit as if it had a zero bias,
-    which ``add_bias=True`` adds)."""
+    :func:`~ecprune.masking.order.removal_order` removed. ``gram`` is ``E[x x^T]`` with the ones
+    column last, so the bias is refit with the kept weights (a layer without one is refit as if
+    it had a zero bias, which ``add_bias=True`` adds)."""
     n_out, n_in = weight.shape
     hessian = gram + ridge(gram, max(damping, DAMPING_FLOOR)) * torch.eye(
         len(gram), dtype=gram.dtype, device=gram.device)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))[:n_in, :n_in]
-    order = removal_order(score, present)
+    order = removal_order(score.reshape(-1), present.reshape(-1))
     row_of, column_of = order // n_in, order % n_in
     position = torch.empty_like(order)  # each weight's place in its row's removal order
     position[order] = _rank_within_rows(row_of, n_out)

@@ -22,14 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.func import vmap
 from tqdm.auto import tqdm
 
-from .layers import effective_weight
-from .statistics import LayerTape, eval_mode, forward
+from .._validation import check_positive_int
+from ..engine.layers import effective_weight
+from ..engine.statistics import StatisticsRequest
+from ..engine.tape import LayerTape, eval_mode, forward
+from .base import LayerImportance, Method, ScoringContext
+from .baselines import mean_signal_shift
 
 # Elements of the perturbation block (weights x samples x layer width) pushed through at once.
 BLOCK_ELEMENTS = 2**22
@@ -156,3 +161,30 @@ def brute_force_errors(
             removed_signal = weight[rows, cols, None] * centred[:, cols].T  # (K, n)
             errors[index] = errors_of(rows, -removed_signal)
     return errors.reshape(weight.shape)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Nonlinear(Method):
+    """The paper's brute force: exact ``E||y - y_pruned||^2`` per removed weight with the
+    mean-signal shift ``W_ij E[a_j]``, over a subsample of ``samples`` inputs seeded by the run's
+    ``seed`` (:func:`brute_force_errors`)."""
+
+    name = "nonlinear"
+    compensates = True
+    predicts_error = True
+    samples: int = 1024
+    OPTIONS: ClassVar[dict[str, str]] = {"nonlinear_samples": "samples"}
+
+    def check(self, caller: str) -> None:
+        check_positive_int("nonlinear_samples", self.samples, caller=caller)
+
+    def request(self, seed: int) -> StatisticsRequest:
+        return StatisticsRequest(samples=self.samples, seed=seed)
+
+    def layer_importance(self, name: str, context: ScoringContext) -> LayerImportance:
+        stats, weight = context.statistics, context.weights[name]
+        mean_input = stats.mean_input(name)
+        score = brute_force_errors(context.model, name, context.layers[name], weight,
+                                   mean_input, stats.samples, output_fn=context.output_fn,
+                                   progress=context.progress)
+        return LayerImportance(score, mean_signal_shift(weight, mean_input))

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from .layers import bake_masks, copy_model
+from ..engine.layers import bake_masks, copy_model
 
 # PyTorch warns once that CSR support is "in beta"; it is the documented way to hold CSR data.
 _CSR_BETA_WARNING = "Sparse CSR tensor support is in beta"

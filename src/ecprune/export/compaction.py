@@ -16,8 +16,8 @@ import itertools
 import torch
 from torch import nn
 
-from .layers import bake_masks, copy_model
-from .statistics import eval_mode
+from ..engine.layers import bake_masks, copy_model
+from ..engine.tape import eval_mode
 
 # Modules that act on each feature separately, so a neuron can be removed from them.
 ELEMENTWISE = (

@@ -24,7 +24,7 @@ pruned upstream network, as in the paper.
 Allocation **(choice)**: SparseGPT prunes every layer to the same sparsity, here
 ``scope="layer"``. With ``scope="global"`` (the default) the per-layer counts come from one
 global ranking of the dense network's OBS costs scaled by ECP's mean output sensitivity of the
-row, ``E[s_i] w_ij^2 / [H^-1]_jj`` (see :class:`ecprune.criteria.SparseGPT`), so layers with
+row, ``E[s_i] w_ij^2 / [H^-1]_jj`` (see :class:`ecprune.methods.SparseGPT`), so layers with
 cheap weights lose more. Within a layer the removals are spread over the blocks in proportion to
 the weights still present (cumulative rounding: the count is exact); weights already masked stay
 removed and count.
@@ -37,10 +37,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .compensation import _lowest
-from .layers import effective_weight, keep_mask
+from ..engine.layers import effective_weight, keep_mask
+from ..engine.statistics import ACCUMULATE_DTYPE, StatisticsRequest, collect_statistics
+from ..masking.order import lowest
 from .layerwise import BatchFactory, augmented_weight, damped, execution_order, write_layer
-from .statistics import ACCUMULATE_DTYPE, StatisticsRequest, collect_statistics
 
 
 def _layer_hessian(gram: torch.Tensor, has_bias: bool, damping: float) -> torch.Tensor:
@@ -97,7 +97,7 @@ def sparsegpt_rows(weight: torch.Tensor, present: torch.Tensor, prunable: torch.
         block, factor = rows[:, a:b], upper[a:b, a:b]
         saliency = block.square() / factor.diagonal().square()
         saliency = torch.where(prunable[:, a:b], saliency, torch.inf)
-        chosen = _lowest(saliency.reshape(-1), present[:, a:b].reshape(-1), quota)
+        chosen = lowest(saliency.reshape(-1), present[:, a:b].reshape(-1), quota)
         chosen = chosen.reshape(block.shape)
         errors = torch.zeros_like(block)
         for j in range(b - a):

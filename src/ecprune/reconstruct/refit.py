@@ -2,7 +2,7 @@
 
 ECP moves one number per neuron (its bias) to make up for the weights it removes. Once the
 mask is chosen (ECP's lowest scores in each layer, the per-layer counts from
-:mod:`ecprune.allocation`), every row's kept weights can move too. Layer by layer from input
+:mod:`ecprune.reconstruct.allocation`), every row's kept weights can move too. Layer by layer from input
 to output, row ``i`` of layer ``l`` (kept columns ``K_i`` plus the bias's ones column) is refit by
 
     w_i = argmin_w  sum_x  r_i(x) ([a(x), 1]_K w - u_i(x))^2  +  lambda_i ||w - w0_i||^2,
@@ -10,7 +10,7 @@ to output, row ``i`` of layer ``l`` (kept columns ``K_i`` plus the bias's ones c
 where ``a`` are the layer's inputs in the network whose upstream layers are already pruned and
 refit, ``u_i`` the **dense** network's pre-activation (so the fit also undoes upstream error),
 ``w0_i`` the row after ECP's bias shift and ``lambda_i = damping * mean(diag G_i)`` a ridge
-toward it for ill-conditioned rows (:func:`ecprune.layerwise.ridge`). The weights ``r_i(x)``
+toward it for ill-conditioned rows (:func:`ecprune.reconstruct.layerwise.ridge`). The weights ``r_i(x)``
 are 1 (``refit_weighting="plain"``) or ECP's output sensitivity ``s_i(x) = ||dy/du_i||^2`` on the
 current network (``"sensitivity"``), which fits what reaches the output.
 
@@ -37,8 +37,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import distributed
-from .layers import effective_weight, keep_mask
+from .. import distributed
+from ..engine.layers import effective_weight, keep_mask
+from ..engine.sensitivity import sensitivities
+from ..engine.statistics import ACCUMULATE_DTYPE, with_ones
+from ..engine.tape import LayerTape, eval_mode, forward, stream
 from .layerwise import (
     BatchFactory,
     augmented_weight,
@@ -46,15 +49,6 @@ from .layerwise import (
     ridge,
     solve_spd,
     write_layer,
-)
-from .statistics import (
-    ACCUMULATE_DTYPE,
-    LayerTape,
-    eval_mode,
-    forward,
-    sensitivities,
-    stream,
-    with_ones,
 )
 
 REFIT_WEIGHTINGS = ("plain", "sensitivity")
@@ -205,7 +199,7 @@ def refit_layers(model: nn.Module, reference: nn.Module, layers: dict[str, nn.Li
                  grams: dict[str, torch.Tensor] | None = None) -> None:
     """Refit every layer of ``layers``, from input to output, toward the dense ``reference``.
 
-    ``grams``: the Gram matrices of a pass over the same data (:attr:`ecprune.api.Importances.
+    ``grams``: the Gram matrices of a pass over the same data (:attr:`ecprune.Importances.
     grams`); the first layer to run, whose inputs no pruning upstream can change, is refit
     from its Gram matrix without a pass of its own (plain fit).
     """

@@ -1,5 +1,5 @@
-"""Pieces shared by the layer-by-layer reconstructions (:mod:`ecprune.refit`,
-:mod:`ecprune.sparsegpt`): the order in which layers run, the Tikhonov damping of a Gram
+"""Pieces shared by the layer-by-layer reconstructions (:mod:`ecprune.reconstruct.refit`,
+:mod:`ecprune.reconstruct.sparsegpt`): the order in which layers run, the Tikhonov damping of a Gram
 matrix, a positive-definite solve, and writing a reconstructed layer back into its masks.
 """
 
@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from .batching import Batch
-from .compensation import apply_pruning
-from .layers import keep_mask
-from .statistics import ACCUMULATE_DTYPE, LayerTape, eval_mode, forward
+from ..engine.batching import Batch
+from ..engine.layers import keep_mask
+from ..engine.statistics import ACCUMULATE_DTYPE
+from ..engine.tape import LayerTape, eval_mode, forward
+from ..masking.apply import apply_pruning
 
 BatchFactory = Callable[[], Iterable[Batch]]
 # Eigenvalues of a Gram matrix below this fraction of the largest count as zero: singular values

@@ -1,0 +1,146 @@
+"""ECP and its variants: the paper's criterion, its no-compensation ablation, and ECP followed
+by the least-squares refit of the kept weights (``"ecp-refit"``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .._validation import check_choice, check_positive_int
+from ..engine.sensitivity import ESTIMATORS
+from ..engine.statistics import ACCUMULATE_DTYPE, LayerStatistics, StatisticsRequest
+from ..reconstruct.allocation import allocate, refit_curves
+from .base import LayerImportance, Method, ScoringContext, UpdateStep
+from .updates import check_refit, refit
+
+ALLOCATIONS = ("global", "refit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SensitivityMethod(Method):
+    """A method that reads ECP's output sensitivities ``s_i = ||dy/du_i||^2``.
+
+    ``sensitivity``: ``"exact"`` (one reverse pass per output), ``"hutchinson"`` (unbiased
+    estimate from ``probes`` Rademacher probes per sample, cost independent of the number of
+    outputs) or ``"auto"`` (exact up to ``ecprune.engine.sensitivity.AUTO_EXACT_OUTPUTS``
+    outputs, or ``probes`` if more, else Hutchinson). ``probes``: None is
+    ``ecprune.engine.sensitivity.AUTO_PROBES``.
+    """
+
+    sensitivity: str = "auto"
+    probes: int | None = None
+    OPTIONS: ClassVar[dict[str, str]] = {"sensitivity": "sensitivity", "probes": "probes"}
+
+    def check(self, caller: str) -> None:
+        check_choice("sensitivity", self.sensitivity, ESTIMATORS, caller=caller)
+        if self.probes is not None:
+            check_positive_int("probes", self.probes, caller=caller)
+
+    def request(self, seed: int) -> StatisticsRequest:
+        return StatisticsRequest(sensitivity=True, seed=seed, estimator=self.sensitivity,
+                                 probes=self.probes)
+
+
+def ecp_terms(weight: torch.Tensor, stats: LayerStatistics, count: int):
+    """ECP's importance ``I`` and optimal shift ``delta*`` (float64, shaped like ``weight``).
+
+    ``delta*_ij = W_ij E[s_i a_j] / E[s_i]`` and
+    ``I_ij = W_ij^2 (E[s_i a_j^2] - E[s_i a_j]^2 / E[s_i])``. Neurons with ``E[s_i] = 0`` do not
+    reach the output: they get ``I = 0`` and no shift.
+    """
+    w = weight.to(ACCUMULATE_DTYPE)
+    s = stats.sens_sum[:, None]  # (n_out, 1)
+    alive = s > 0
+    s_safe = torch.where(alive, s, torch.ones_like(s))
+    p, q = stats.sens_act, stats.sens_act_sq
+    # Q - P^2/S >= 0 by Cauchy-Schwarz; the clamp removes rounding below zero.
+    weighted_var = (q - p.square() / s_safe).clamp_min(0) / count
+    importance = w.square() * weighted_var
+    shift = torch.where(alive, w * (p / s_safe + stats.input_shift[None, :]), torch.zeros_like(w))
+    return importance, shift
+
+
+@dataclass(frozen=True, kw_only=True)
+class ECP(SensitivityMethod):
+    """Elimination-compensation pruning (Ballini et al., arXiv:2602.20467, 2026).
+
+    ``I_ij = min_delta E||J_i (delta - W_ij a_j)||^2``, the output error left after the best
+    shift of bias ``b_i``; ``s_i = ||dy/du_i||^2``.
+    """
+
+    name = "ecp"
+    compensates = True
+    predicts_error = True
+
+    def layer_importance(self, name: str, context: ScoringContext) -> LayerImportance:
+        stats = context.statistics
+        importance, shift = ecp_terms(context.weights[name], stats.layers[name], stats.count)
+        return LayerImportance(importance, shift)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ECPNoCompensation(ECP):
+    """Ablation: ``I0_ij = W_ij^2 E[s_i a_j^2]``, the linearised error of removal without shift."""
+
+    name = "ecp-nocomp"
+    compensates = False
+
+    def layer_importance(self, name: str, context: ScoringContext) -> LayerImportance:
+        stats, layer = context.statistics, context.statistics.layers[name]
+        c = layer.input_shift[None, :]
+        # sum s a^2 from the shifted sums: a^2 = (a - c)^2 + 2c(a - c) + c^2.
+        s = layer.sens_sum[:, None]
+        second_moment = layer.sens_act_sq + 2 * c * layer.sens_act + c.square() * s
+        weight = context.weights[name].to(ACCUMULATE_DTYPE)
+        return LayerImportance(weight.square() * second_moment.clamp_min(0) / stats.count, None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ECPRefit(ECP):
+    """ECP's scores and shifts, then every row's kept weights and bias refit by least squares
+    toward the dense pre-activations, layer by layer (:mod:`ecprune.reconstruct.refit`).
+
+    ``weighting``: ``"plain"`` least squares on the pre-activations or ``"sensitivity"``,
+    weighted by ECP's ``s_i(x)``. ``allocation``: how many weights each layer loses under
+    ``scope="global"``: ``"refit"`` (the counts that minimise the error left after the refit,
+    :mod:`ecprune.reconstruct.allocation`, from the Gram matrices this pass also gathers) or
+    ``"global"`` (ECP's global ranking). ``damping``: relative Tikhonov term of every Gram
+    matrix (:func:`ecprune.reconstruct.layerwise.ridge`). Without data
+    (:func:`ecprune.prune_by_importance` with ``data=None``) only ECP's shifts are applied.
+    """
+
+    name = "ecp-refit"
+    predicts_error = False
+    rereads_data = True
+    needs_reference = True
+    weighting: str = "plain"
+    allocation: str = "refit"
+    damping: float = 0.01
+    OPTIONS: ClassVar[dict[str, str]] = {
+        **SensitivityMethod.OPTIONS, "refit_weighting": "weighting", "allocation": "allocation",
+        "damping": "damping"}
+
+    def check(self, caller: str) -> None:
+        super().check(caller)
+        check_refit(self.weighting, self.damping, caller=caller)
+        check_choice("allocation", self.allocation, ALLOCATIONS, caller=caller)
+
+    def request(self, seed: int) -> StatisticsRequest:
+        return StatisticsRequest(sensitivity=True, gram=True, seed=seed,
+                                 estimator=self.sensitivity, probes=self.probes)
+
+    def curves(self, context: ScoringContext, scores: dict[str, LayerImportance]) -> dict | None:
+        if self.allocation != "refit":
+            return None
+        return refit_curves(context.statistics, context.layers, context.weights,
+                            {name: found.score for name, found in scores.items()},
+                            self.damping, seed=context.seed)
+
+    def layer_counts(self, importances, count: int) -> dict[str, int] | None:
+        return None if importances.curves is None else allocate(importances.curves, count)
+
+    def update(self, step: UpdateStep) -> None:
+        super().update(step)
+        refit(step, weighting=self.weighting, damping=self.damping)

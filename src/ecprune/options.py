@@ -1,0 +1,66 @@
+"""The keyword options of the entry points, split once at the public boundary into the method's
+configuration (:mod:`ecprune.methods`) and the options of the run (:class:`Options`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._validation import check_choice, check_positive_int
+from .methods import REGISTRY, Method, get
+from .methods.registry import METHOD_OPTIONS
+
+
+@dataclass(frozen=True)
+class Options:
+    """Keyword options of :func:`ecprune.importance` and :func:`ecprune.prune` that every method
+    takes (a method's own options, such as ``damping``, configure the method: see
+    :mod:`ecprune.methods`).
+
+    layers: names or modules of the ``nn.Linear`` layers to prune (default: all).
+    output_fn: function of the model's output giving the tensor ``y`` the sensitivities use.
+    chunk_size: samples per chunk of the streaming pass.
+    seed: seeds every random draw of the run: ``"random"``'s scores, the subsample of
+        ``"nonlinear"``, Hutchinson's probes and the allocation's sampled rows.
+    add_bias: give bias-free layers a zero bias so they can be compensated (else an error).
+    progress: tqdm bars (None: only on a terminal; never on ranks other than 0).
+    shard: under ``torch.distributed``, treat ``data`` as the whole dataset, identical on every
+        rank, and stream only this rank's share of it; ``False``: ``data`` is already this
+        rank's shard. The sums are all-reduced either way.
+    """
+
+    layers: Iterable[str | nn.Module] | None = None
+    output_fn: Callable[[object], torch.Tensor] | None = None
+    chunk_size: int = 4096
+    seed: int = 0
+    add_bias: bool = False
+    progress: bool | None = None
+    shard: bool = True
+
+
+RUN_OPTIONS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Options))
+
+
+def parse_options(method: str | Method, options: dict, caller: str) -> tuple[Method, Options]:
+    """The configured method and the run's :class:`Options` from an entry point's keywords.
+
+    Unknown keywords are a TypeError listing the valid ones; a method option the method does
+    not take is a TypeError naming the methods it belongs to.
+    """
+    unknown = sorted(set(options) - set(RUN_OPTIONS) - set(METHOD_OPTIONS))
+    if unknown:
+        valid = [*RUN_OPTIONS, *METHOD_OPTIONS]
+        raise TypeError(f"{caller}() got unknown option(s) {unknown}; valid options are {valid}.")
+    run = {key: value for key, value in options.items() if key in RUN_OPTIONS}
+    config = {key: value for key, value in options.items() if key not in RUN_OPTIONS}
+    parsed = Options(**run)
+    check_positive_int("chunk_size", parsed.chunk_size, caller=caller)
+    if isinstance(method, str):
+        check_choice("method", method, REGISTRY, caller=caller)
+    # A method is configured for the scoring pass that every entry point runs: its options'
+    # messages name importance.
+    return get(method, caller="importance", **config), parsed
