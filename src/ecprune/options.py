@@ -59,8 +59,9 @@ def parse_options(method: str | Method, options: dict, caller: str) -> tuple[Met
     config = {key: value for key, value in options.items() if key not in RUN_OPTIONS}
     parsed = Options(**run)
     check_positive_int("chunk_size", parsed.chunk_size, caller=caller)
-    if isinstance(method, str):
-        check_choice("method", method, REGISTRY, caller=caller)
+    if not isinstance(method, str):  # an instance (options are then an error), or a mistake
+        return get(method, caller=caller, **config), parsed
+    check_choice("method", method, REGISTRY, caller=caller)
     # A method is configured for the scoring pass that every entry point runs: its options'
     # messages name importance.
     return get(method, caller="importance", **config), parsed

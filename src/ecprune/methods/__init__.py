@@ -1,6 +1,7 @@
 """Pruning methods as objects: one class per method, each a frozen, validated configuration
 (:class:`Method`), and the registry that reads their names (:func:`get`)."""
 
+from ..engine.statistics import StatisticsRequest
 from .base import LayerImportance, Method, ScoringContext, UpdateStep
 from .baselines import LOSSES, Gradient, Magnitude, MagnitudeCompensated, Random, Wanda
 from .ecp import ECP, ECPNoCompensation, ECPRefit, SensitivityMethod
@@ -26,6 +27,7 @@ __all__ = [
     "SensitivityMethod",
     "SparseGPT",
     "SparseGPTRefit",
+    "StatisticsRequest",
     "UpdateStep",
     "Wanda",
     "applicable",
