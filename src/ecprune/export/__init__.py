@@ -1,0 +1,1 @@
+"""What a pruned model becomes: compacted dense layers or sparse (CSR) weights."""

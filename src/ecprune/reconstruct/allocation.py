@@ -1,8 +1,9 @@
 """How many weights each layer loses when the kept weights are refit: ``allocation="refit"``.
 
 ECP's global ranking adds up single-weight errors with only the bias moving. Once every kept
-weight is refit (:mod:`ecprune.reconstruct.refit`) that sum no longer predicts which layer can lose more:
-on MNIST 784-64-64-10 it removes too much of the first layer (docs/beyond.md). Following the
+weight is refit (:mod:`ecprune.reconstruct.refit`) that sum no longer predicts which layer can
+lose more: on MNIST 784-64-64-10 it removes too much of the first layer (docs/beyond.md).
+Following the
 non-uniform compression of Optimal Brain Compression (E. Frantar and D. Alistarh, NeurIPS 2022,
 dynamic programming over per-layer error curves), every layer gets an error curve ``e_l(k)``
 at every removal count ``k``: the ``k`` lowest ECP scores of the layer removed, every row refit

@@ -2,29 +2,28 @@
 
 ECP moves one number per neuron (its bias) to make up for the weights it removes. Once the
 mask is chosen (ECP's lowest scores in each layer, the per-layer counts from
-:mod:`ecprune.reconstruct.allocation`), every row's kept weights can move too. Layer by layer from input
-to output, row ``i`` of layer ``l`` (kept columns ``K_i`` plus the bias's ones column) is refit by
+:mod:`ecprune.reconstruct.allocation`), every row's kept weights can move too. Layer by layer
+from input to output, row ``i`` of layer ``l`` (kept columns ``K_i`` plus the bias's ones column)
+is refit by
 
     w_i = argmin_w  sum_x  r_i(x) ([a(x), 1]_K w - u_i(x))^2  +  lambda_i ||w - w0_i||^2,
 
 where ``a`` are the layer's inputs in the network whose upstream layers are already pruned and
 refit, ``u_i`` the **dense** network's pre-activation (so the fit also undoes upstream error),
 ``w0_i`` the row after ECP's bias shift and ``lambda_i = damping * mean(diag G_i)`` a ridge
-toward it for ill-conditioned rows (:func:`ecprune.reconstruct.layerwise.ridge`). The weights ``r_i(x)``
-are 1 (``refit_weighting="plain"``) or ECP's output sensitivity ``s_i(x) = ||dy/du_i||^2`` on the
-current network (``"sensitivity"``), which fits what reaches the output.
+toward it for ill-conditioned rows (:func:`ecprune.reconstruct.layerwise.ridge`). The weights
+``r_i(x)`` are 1 (``refit_weighting="plain"``) or ECP's output sensitivity
+``s_i(x) = ||dy/du_i||^2`` on the current network (``"sensitivity"``), which fits what reaches
+the output.
 
 Statistics are streamed: one pass per layer. Plain: ``G = sum [a,1]^T [a,1]`` and
 ``C = sum [a,1]^T u`` over the columns some row keeps, memory O(n_in^2 + n_in n_out), every
 row's system sliced from them. Sensitivity-weighted: one Gram matrix per row on its own support,
 memory O(sum_i |K_i|^2), and one batched reverse pass per output and chunk.
 
-``"plain"`` is the default (docs/beyond.md, 5 seeds, prune only): the weighted fit changes
-little (MNIST 784-64-64-10: test loss within 0.34 %, accuracy within 0.05 points; the deep
-diffusion-sorption network: 15-37 % lower loss at r = 0.5-0.8, not significant elsewhere) for
-1.7-9 times the time. Refitting after each of ``steps=3`` costs about as much and helps far
-more at high sparsity (r = 0.9: MNIST +0.67 accuracy points, diffusion-sorption 69-89 % lower
-loss).
+``"plain"`` is the default: the weighted fit changes little for several times the time, and
+refitting after each of ``steps=3`` helps more at high sparsity (measurements in
+docs/beyond.md).
 
 The first layer to run sees the data whatever is pruned: given the scoring pass's Gram matrix
 (``grams``), its plain fit reads no data, the dense targets being ``[a, 1] [W, b]^T``.
