@@ -93,7 +93,8 @@ def test_examples_run(page, tmp_path, monkeypatch, one_thread):
             if file is not None:
                 (tmp_path / file).write_text(code)
             elif lang == "python":
-                exec(compile(code, f"{page} example", "exec"), namespace)
+                # dont_inherit: run as a user script would, not under this file's __future__
+                exec(compile(code, f"{page} example", "exec", dont_inherit=True), namespace)
             elif lang == "bash":
                 for argv in commands(code):
                     run_command(argv, tmp_path)
