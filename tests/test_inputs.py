@@ -144,7 +144,7 @@ def test_bad_layer_selection(tiny):
         ecprune.prune(model, x, 0.5, layers=[model[1]])
 
 
-def test_layers_that_do_not_run_or_run_twice():
+def test_layers_that_do_not_run_are_an_error_and_layers_that_run_twice_are_scored():
     class Twice(nn.Module):
         def __init__(self):
             super().__init__()
@@ -155,8 +155,7 @@ def test_layers_that_do_not_run_or_run_twice():
 
     model = Twice().double()
     x = torch.randn(8, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"'shared' is called more than once per forward"):
-        ecprune.importance(model, x, layers=["shared"])
+    assert ecprune.importance(model, x, layers=["shared"])["shared"].score.shape == (3, 3)
     with pytest.raises(ValueError, match=r"layers \['unused'\] were not called"):
         ecprune.importance(model, x, layers=["unused"])
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # The LayerStatistics fields that are plain sums over samples.
 SUMMED = ("input_sum", "input_sq_sum", "gram", "sens_sum", "sens_act", "sens_act_sq",
-          "loss_grad")
+          "loss_grad", "row_sens_sum")
 
 
 class RankFailure(RuntimeError):
@@ -130,13 +130,15 @@ def all_reduce_statistics(stats: Statistics, samples: int) -> None:
         _recentre(layer, shifts[offset : offset + n] / total)
         offset += n
     sums = [getattr(layer, f) for layer in layers for f in SUMMED if getattr(layer, f) is not None]
-    totals = sums[0].new_tensor([count, stats.output_sq_sum])
+    totals = sums[0].new_tensor([*(layer.rows for layer in layers), count, stats.output_sq_sum])
     flat = torch.cat([*(t.reshape(-1) for t in sums), totals])
     all_reduce_sum(flat)
     offset = 0
     for tensor in sums:
         tensor.copy_(flat[offset : offset + tensor.numel()].reshape(tensor.shape))
         offset += tensor.numel()
+    for k, layer in enumerate(layers):
+        layer.rows = int(flat[offset + k].item())
     stats.count, stats.output_sq_sum = int(flat[-2].item()), flat[-1].item()
     if samples:
         _gather_samples(stats, samples)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ._validation import check_choice, check_positive_int
+from .engine.positions import POSITIONS
 from .methods import REGISTRY, Method, get
 from .methods.registry import METHOD_OPTIONS
 
@@ -31,6 +32,12 @@ class Options:
     shard: under ``torch.distributed``, treat ``data`` as the whole dataset, identical on every
         rank, and stream only this rank's share of it; ``False``: ``data`` is already this
         rank's shard. The sums are all-reduced either way.
+    positions: how the sensitivities treat layers with several rows per sample (tokens, query
+        points shared by all samples, repeated calls): ``"auto"`` (the one-row fast path where
+        every layer has one row per sample, else the exact per-sample form for all layers),
+        ``"exact"`` (the per-sample form everywhere) or ``"independent"`` (rows treated as
+        samples, as SparseGPT and Wanda treat tokens: cheaper, approximate;
+        :mod:`ecprune.engine.positions`).
     """
 
     layers: Iterable[str | nn.Module] | None = None
@@ -40,6 +47,7 @@ class Options:
     add_bias: bool = False
     progress: bool | None = None
     shard: bool = True
+    positions: str = "auto"
 
 
 RUN_OPTIONS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Options))
@@ -59,6 +67,7 @@ def parse_options(method: str | Method, options: dict, caller: str) -> tuple[Met
     config = {key: value for key, value in options.items() if key not in RUN_OPTIONS}
     parsed = Options(**run)
     check_positive_int("chunk_size", parsed.chunk_size, caller=caller)
+    check_choice("positions", parsed.positions, POSITIONS, caller=caller)
     if not isinstance(method, str):  # an instance (options are then an error), or a mistake
         return get(method, caller=caller, **config), parsed
     check_choice("method", method, REGISTRY, caller=caller)

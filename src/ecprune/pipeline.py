@@ -3,6 +3,7 @@ the method's update -> report. :mod:`ecprune.api` validates the user's input, th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from torch import nn
@@ -44,7 +45,7 @@ def score(model: nn.Module, data: object, layers: dict[str, nn.Linear], method: 
     start = time.perf_counter()
     if method.compensates:
         check_biases(layers, method.label, options.add_bias)
-    request = method.request(options.seed)
+    request = dataclasses.replace(method.request(options.seed), positions=options.positions)
     stats = collect_statistics(model, layers, batch_factory(model, data, options)(), request,
                                output_fn=options.output_fn, progress=options.progress)
     context = ScoringContext(model=model, layers=layers,

@@ -19,6 +19,7 @@ Sums are kept in float64 whatever the model's dtype. Memory is O(|W| + chunk x w
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,8 +30,16 @@ from torch import nn
 
 from .. import distributed
 from .batching import Batch
-from .sensitivity import ChainRun, chain_sensitivities, find_chain, resolve_probes, sensitivities
-from .tape import LayerTape, stream
+from .positions import PerSampleJacobians, exact_directions, layouts, position_sums
+from .sensitivity import (
+    ChainRun,
+    chain_sensitivities,
+    find_chain,
+    rademacher,
+    resolve_probes,
+    sensitivities,
+)
+from .tape import LayerTape, eval_mode, stream
 
 ACCUMULATE_DTYPE = torch.float64
 # Samples per tile of the statistics GEMM: keeps its operands cache-sized.
@@ -51,20 +60,34 @@ class StatisticsRequest:
     seed: int = 0
     estimator: str = "auto"
     probes: int | None = None
+    positions: str = "auto"
 
 
 @dataclass
 class LayerStatistics:
-    """Float64 sums over the data for one layer (see the module docstring)."""
+    """Float64 sums over the data for one layer (see the module docstring).
+
+    ``rows``: rows of the layer's input seen, over all calls (the number of samples for a
+    layer with one row per sample); ``input_sum``, ``input_sq_sum`` and ``gram`` sum over them.
+    ``row_sens_sum``: with several rows per sample (:mod:`ecprune.engine.positions`), the rows'
+    own sensitivities ``sum_x sum_p |g_p|^2``; None when they are ``sens_sum``.
+    """
 
     input_sum: torch.Tensor
     input_shift: torch.Tensor
+    rows: int = 0
     input_sq_sum: torch.Tensor | None = None
     gram: torch.Tensor | None = None
     sens_sum: torch.Tensor | None = None
     sens_act: torch.Tensor | None = None
     sens_act_sq: torch.Tensor | None = None
     loss_grad: torch.Tensor | None = None
+    row_sens_sum: torch.Tensor | None = None
+
+    @property
+    def row_sensitivity(self) -> torch.Tensor:
+        """``sum_x sum_p |dy/du_ip|^2`` (n_out,): what a perturbation of one row costs."""
+        return self.sens_sum if self.row_sens_sum is None else self.row_sens_sum
 
 
 @dataclass
@@ -86,8 +109,9 @@ class Statistics:
     sample_keys: torch.Tensor | None = field(default=None, repr=False)
 
     def mean_input(self, name: str) -> torch.Tensor:
-        """``E[a]`` of layer ``name`` (float64)."""
-        return self.layers[name].input_sum / self.count
+        """``E[a]`` of layer ``name`` over its rows (float64)."""
+        layer = self.layers[name]
+        return layer.input_sum / layer.rows
 
     @property
     def mean_output_sq(self) -> float:
@@ -135,46 +159,99 @@ class Accumulator:
     """Float64 running sums for one pass; ``update`` takes one chunk into ``stats``.
 
     ``run``: the chain forward whose activation slopes the chain engine reuses (None: the
-    autograd engine on the taped pre-activations).
+    autograd engine on the taped pre-activations). ``per_sample``: the engine of layers
+    with several rows per sample (:mod:`ecprune.engine.positions`), which then gives every
+    layer's sensitivity sums.
     """
 
     def __init__(self, layers: dict[str, nn.Linear], request: StatisticsRequest,
-                 run: ChainRun | None = None):
+                 run: ChainRun | None = None,
+                 per_sample: PerSampleJacobians | None = None):
         self.layers = layers
         self.request = request
         self.run = run
+        self.per_sample = per_sample
         self.stats = Statistics(layers={})
         self._workspaces: dict[str, _SumsWorkspace] = {}
 
     def update(self, tape: LayerTape, batch: Batch, raw: object, output: torch.Tensor) -> None:
         stats, request = self.stats, self.request
         names = list(self.layers)
-        us = [tape.outputs[name] for name in names]
-        if request.loss is not None:
-            loss = request.loss(raw, batch.targets) * len(batch.inputs)
-            loss_grads = torch.autograd.grad(loss, us, retain_graph=request.sensitivity,
-                                             allow_unused=True)
-        if request.sensitivity:
-            sens = self._sensitivities(us, output, batch.start)
+        fast = request.sensitivity and self.per_sample is None
+        if fast:
+            self._check_one_row(tape, len(batch.inputs))
+        loss_grads = self._loss_grads(tape, batch, raw) if request.loss is not None else None
+        if fast:
+            sens = self._sensitivities([tape.outputs[name] for name in names], output,
+                                       batch.start)
         for k, name in enumerate(names):
             a = tape.inputs[name]
             if name not in stats.layers:
                 stats.layers[name] = self._new_layer(name, a.mean(0).to(ACCUMULATE_DTYPE))
             layer = stats.layers[name]
+            layer.rows += len(a)
             if request.gram:
                 layer.gram += gram(a)
-            if request.sensitivity:
+            if fast:
                 self._workspace(name, a).add(layer, sens[k], a)
             else:  # summed in the model's dtype: a float64 cast of the chunk costs 2 forwards
                 layer.input_sum += a.sum(0).to(ACCUMULATE_DTYPE)
                 if request.input_norms:
                     layer.input_sq_sum += a.square().sum(0).to(ACCUMULATE_DTYPE)
-            if request.loss is not None and loss_grads[k] is not None:
-                layer.loss_grad += (loss_grads[k].T @ a).to(ACCUMULATE_DTYPE)
+            if loss_grads is not None:
+                layer.loss_grad += loss_grads[name]
+        if request.sensitivity and not fast:
+            with tape.paused():  # the per-sample engine runs the same layers again
+                self._add_per_sample(batch, output)
         stats.count += len(batch.inputs)
         stats.output_sq_sum += output.detach().square().sum(dtype=ACCUMULATE_DTYPE).item()
         if request.samples:
             self._keep_samples(batch.inputs, batch.start)
+
+    def _check_one_row(self, tape: LayerTape, batch: int) -> None:
+        for name, calls in tape.calls.items():
+            if len(calls) != 1 or calls[0][0].shape[0] != batch or calls[0][0].ndim != 2:
+                raise ValueError(
+                    f"Linear layer {name!r} had one row per sample on the first chunk but not on "
+                    f"this one ({len(calls)} call(s), input of shape {tuple(calls[0][0].shape)} "
+                    f"for {batch} samples); pass positions='exact'.")
+
+    def _loss_grads(self, tape: LayerTape, batch: Batch, raw: object) -> dict[str, torch.Tensor]:
+        """``sum dL/dW = sum_calls g_u^T a`` of every layer (float64), by one reverse pass."""
+        loss = self.request.loss(raw, batch.targets) * len(batch.inputs)
+        calls = [(name, a, u) for name in self.layers for a, u in tape.calls[name]]
+        grads = torch.autograd.grad(loss, [u for _, _, u in calls],
+                                    retain_graph=self.request.sensitivity, allow_unused=True)
+        sums = {name: 0 for name in self.layers}
+        for (name, a, _), grad in zip(calls, grads, strict=True):
+            if grad is not None:
+                g, a = grad.reshape(-1, grad.shape[-1]), a.reshape(-1, a.shape[-1])
+                sums[name] = sums[name] + (g.T @ a).to(ACCUMULATE_DTYPE)
+        return sums
+
+    def _add_per_sample(self, batch: Batch, output: torch.Tensor) -> None:
+        """Add one chunk's per-sample sensitivity sums (:mod:`ecprune.engine.positions`)."""
+        stats, request = self.stats, self.request
+        if stats.engine is None:
+            stats.engine = "per-sample"
+            stats.probes = resolve_probes(request.estimator, request.probes, output.shape[1])
+        b, n = output.shape
+        if stats.probes is None:
+            directions = exact_directions(b, n, dtype=output.dtype, device=output.device)
+        else:
+            generator = torch.Generator(device=output.device)
+            generator.manual_seed(int(sample_keys(request.seed, batch.start, 1)[0] * 2**53))
+            directions = rademacher((b, stats.probes, n), stats.probes, generator,
+                                    dtype=output.dtype, device=output.device)
+        independent = request.positions == "independent"
+        with torch.no_grad():
+            for tile in self.per_sample.tiles(batch.inputs, directions):
+                for name, rows in tile.items():
+                    layer = stats.layers[name]
+                    sums = position_sums(rows, layer.input_shift, independent=independent)
+                    for total, part in zip((layer.sens_sum, layer.sens_act, layer.sens_act_sq,
+                                            layer.row_sens_sum), sums, strict=True):
+                        total += part.to(ACCUMULATE_DTYPE)
 
     def _workspace(self, name: str, a: torch.Tensor) -> _SumsWorkspace:
         workspace = self._workspaces.get(name)
@@ -215,6 +292,7 @@ class Accumulator:
             sens_act=zeros(n_out, n_in) if sens else None,
             sens_act_sq=zeros(n_out, n_in) if sens else None,
             loss_grad=zeros(n_out, n_in) if self.request.loss is not None else None,
+            row_sens_sum=zeros(n_out) if sens and self.per_sample is not None else None,
         )
 
     def _keep_samples(self, inputs: torch.Tensor, start: int) -> None:
@@ -280,25 +358,51 @@ def collect_statistics(
     output_fn: Callable[[object], torch.Tensor] | None = None,
     progress: bool | None = None,
 ) -> Statistics:
-    """Stream ``batches`` through ``model`` once (in eval mode) and return the sums."""
-    start = time.perf_counter()
-    chain = None
-    if request.sensitivity and request.loss is None and output_fn is None:
-        chain = find_chain(model, layers)
-    chain_run = None if chain is None else ChainRun(chain)
-    accumulator = Accumulator(layers, request, chain_run)
-    needs_graph = chain_run is None and (request.sensitivity or request.loss is not None)
+    """Stream ``batches`` through ``model`` once (in eval mode) and return the sums.
 
-    def run() -> None:
-        for batch, tape, raw, output in stream(model, layers, batches,
+    The sensitivities take the one-row fast path when every layer has one row per sample
+    (:func:`~ecprune.engine.positions.layouts`), else the per-sample engine of
+    :mod:`ecprune.engine.positions` for all of them; ``request.positions="exact"`` or
+    ``"independent"`` asks for that engine (exact, or rows treated as samples) anyway.
+    """
+    start = time.perf_counter()
+
+    def run() -> Accumulator:
+        chunks = iter(batches)
+        first = next(chunks, None)
+        if first is not None:
+            chunks = itertools.chain([first], chunks)
+        per_sample = _per_sample_engine(model, layers, first, request, output_fn)
+        chain = None
+        if (per_sample is None and request.sensitivity and request.loss is None
+                and output_fn is None):
+            chain = find_chain(model, layers)
+        chain_run = None if chain is None else ChainRun(chain)
+        accumulator = Accumulator(layers, request, chain_run, per_sample)
+        needs_graph = request.loss is not None or (
+            request.sensitivity and chain_run is None and per_sample is None)
+        for batch, tape, raw, output in stream(model, layers, chunks,
                                                differentiable=needs_graph,
                                                output_fn=output_fn, progress=progress,
                                                runner=chain_run):
             accumulator.update(tape, batch, raw, output)
+        return accumulator
 
-    distributed.run_on_every_rank(run)
-    stats = accumulator.finish()
+    stats = distributed.run_on_every_rank(run).finish()
     if stats.count == 0:
         raise ValueError("The 'data' parameter holds no samples; expected at least one input.")
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def _per_sample_engine(model: nn.Module, layers: dict[str, nn.Linear], first: Batch | None,
+                       request: StatisticsRequest,
+                       output_fn: Callable | None) -> PerSampleJacobians | None:
+    """The per-sample engine when the sensitivities need it (see :func:`collect_statistics`)."""
+    if not request.sensitivity or first is None:
+        return None
+    with eval_mode(model):
+        if request.positions == "auto" and all(
+                layouts(model, layers, first.inputs, output_fn).values()):
+            return None
+        return PerSampleJacobians(model, layers, first.inputs, output_fn)

@@ -31,19 +31,23 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 class LayerTape:
-    """Forward hooks that record each layer's input ``a`` and output ``u`` for one forward.
+    """Forward hooks that record every call of each taped layer in one forward.
 
-    Checks that each layer sees 2-D inputs of its width and runs once per forward. With
-    ``differentiable=True`` the outputs are kept in the autograd graph, so gradients with
-    respect to them can be taken even when no parameter requires grad.
+    ``calls[name]`` lists ``(a, u)`` per call, in the call's own shape ``(..., features)``;
+    ``inputs[name]`` and ``outputs[name]`` are all the rows of all calls, flattened to
+    ``(rows, features)`` and concatenated (for a layer called once on ``(batch, features)``, the
+    tensors themselves). Checks each input's width. With ``differentiable=True`` the outputs
+    are kept in the autograd graph, so gradients with respect to them can be taken even when no
+    parameter requires grad.
     """
 
     def __init__(self, layers: dict[str, nn.Linear], *, differentiable: bool):
         self.layers = layers
         self.differentiable = differentiable
-        self.inputs: dict[str, torch.Tensor] = {}
-        self.outputs: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list = []
+        self._paused = False
 
     def __enter__(self) -> LayerTape:
         for name, layer in self.layers.items():
@@ -57,37 +61,57 @@ class LayerTape:
         self._handles.clear()
 
     def clear(self) -> None:
-        self.inputs.clear()
-        self.outputs.clear()
+        self.calls.clear()
+        self._rows.clear()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Record nothing in the block (another forward of the same layers runs in it)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {name: self.rows(name)[0] for name in self.calls}
+
+    @property
+    def outputs(self) -> dict[str, torch.Tensor]:
+        return {name: self.rows(name)[1] for name in self.calls}
+
+    def rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, u)`` of layer ``name``: every row of every call, (rows, features) each."""
+        if name not in self._rows:
+            calls = self.calls[name]
+            if len(calls) == 1 and calls[0][0].ndim == 2:
+                self._rows[name] = calls[0]
+            else:
+                self._rows[name] = tuple(torch.cat([t.reshape(-1, t.shape[-1]) for t in side])
+                                         for side in zip(*calls, strict=True))
+        return self._rows[name]
 
     def _check(self, name: str):
         def hook(layer: nn.Linear, args: tuple) -> None:
             (a,) = args[:1]
-            if a.ndim != 2:
-                raise ValueError(
-                    f"Linear layer {name!r} received an input of shape {tuple(a.shape)}; ecprune "
-                    "needs (batch, features) inputs to every pruned layer."
-                )
-            if a.shape[1] != layer.in_features:
+            if a.ndim == 0 or a.shape[-1] != layer.in_features:
                 raise ValueError(
                     f"Linear layer {name!r} expects {layer.in_features} input features but the "
-                    f"data gives it {a.shape[1]} (input of shape {tuple(a.shape)}). Check that "
-                    "the data's width fits the model."
-                )
-            if name in self.inputs:
-                raise ValueError(
-                    f"Linear layer {name!r} is called more than once per forward pass; shared "
-                    "layers cannot be compensated per neuron. Exclude it with 'layers='."
+                    f"data gives it {a.shape[-1] if a.ndim else 0} (input of shape "
+                    f"{tuple(a.shape)}). Check that the data's width fits the model."
                 )
 
         return hook
 
     def _record(self, name: str):
         def hook(layer: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            self.inputs[name] = args[0].detach()
+            if self._paused:
+                return output
             if self.differentiable and not output.requires_grad:
                 output = output.detach().requires_grad_()
-            self.outputs[name] = output
+            self.calls.setdefault(name, []).append((args[0].detach(), output))
+            self._rows.pop(name, None)
             return output
 
         return hook
@@ -146,7 +170,7 @@ def stream(
 
 
 def _check_all_layers_ran(tape: LayerTape, layers: dict[str, nn.Linear]) -> None:
-    missing = [name for name in layers if name not in tape.inputs]
+    missing = [name for name in layers if name not in tape.calls]
     if missing:
         raise ValueError(
             f"The Linear layers {missing} were not called in the model's forward pass, so they "

@@ -46,20 +46,31 @@ class SensitivityMethod(Method):
 def ecp_terms(weight: torch.Tensor, stats: LayerStatistics, count: int):
     """ECP's importance ``I`` and optimal shift ``delta*`` (float64, shaped like ``weight``).
 
-    ``delta*_ij = W_ij E[s_i a_j] / E[s_i]`` and
-    ``I_ij = W_ij^2 (E[s_i a_j^2] - E[s_i a_j]^2 / E[s_i])``. Neurons with ``E[s_i] = 0`` do not
-    reach the output: they get ``I = 0`` and no shift.
+    ``delta*_ij = W_ij P_ij / S_i`` and ``I_ij = W_ij^2 (Q_ij - P_ij^2 / S_i) / N`` with the
+    sums ``S = sum s``, ``P = sum s a``, ``Q = sum s a^2`` (one row per sample; with several,
+    their per-sample forms, :mod:`ecprune.engine.positions`). A bias the output does not see
+    (``S_i = 0``, or below the rounding of its rows' sensitivities: a key bias under softmax
+    attention) cannot compensate: no shift and ``I = W^2 Q / N``, which is 0 when the whole
+    neuron is dead.
     """
     w = weight.to(ACCUMULATE_DTYPE)
     s = stats.sens_sum[:, None]  # (n_out, 1)
-    alive = s > 0
+    alive = s > _rounding_floor(weight.dtype) * stats.row_sensitivity[:, None]
     s_safe = torch.where(alive, s, torch.ones_like(s))
     p, q = stats.sens_act, stats.sens_act_sq
+    compensated = torch.where(alive, p.square() / s_safe, torch.zeros_like(p))
     # Q - P^2/S >= 0 by Cauchy-Schwarz; the clamp removes rounding below zero.
-    weighted_var = (q - p.square() / s_safe).clamp_min(0) / count
+    weighted_var = (q - compensated).clamp_min(0) / count
     importance = w.square() * weighted_var
     shift = torch.where(alive, w * (p / s_safe + stats.input_shift[None, :]), torch.zeros_like(w))
     return importance, shift
+
+
+def _rounding_floor(dtype: torch.dtype) -> float:
+    """``|G|^2`` below this fraction of ``sum_p |g_p|^2`` is rounding of a sum that cancels
+    (``100 eps^2`` of the dtype the sensitivities were computed in); with one row per sample
+    the two are equal and the floor never applies."""
+    return 100 * torch.finfo(dtype).eps ** 2
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_positive_int
 from ..engine.layers import effective_weight
+from ..engine.positions import layouts
 from ..engine.statistics import StatisticsRequest
 from ..engine.tape import LayerTape, eval_mode, forward
 from .base import LayerImportance, Method, ScoringContext
@@ -62,6 +63,37 @@ def _perturbed_outputs(model: nn.Module, layer: nn.Linear, samples: torch.Tensor
         k, n = deltas.shape[:2]
         tiled = samples.repeat(k, *([1] * (samples.ndim - 1)))
         return run(deltas.reshape(k * n, -1), tiled).reshape(k, n, -1)
+
+
+def _positions_block(model, layer, samples, dense, mean, output_fn):
+    """Errors of a block for a layer with several rows per sample or calls per forward: a
+    forward hook removes ``W_ij`` from every row of every call and shifts ``b_i`` by
+    ``W_ij E[a_j]``, i.e. adds ``-W_ij (a_j - E[a_j])`` to unit ``i``."""
+
+    def run(unit: torch.Tensor, column: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        def remove(module, args, out):
+            return out - ((args[0] - mean) @ column)[..., None] * unit
+
+        handle = layer.register_forward_hook(remove)
+        try:
+            output = model(inputs)
+            output = output if output_fn is None else output_fn(output)
+            return output.reshape(len(inputs), -1)
+        finally:
+            handle.remove()
+
+    def errors(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        units = torch.nn.functional.one_hot(rows, layer.out_features).to(samples.dtype)
+        columns = samples.new_zeros(len(rows), layer.in_features)
+        columns[torch.arange(len(rows)), cols] = values
+        try:
+            outputs = vmap(run, in_dims=(0, 0, None))(units, columns, samples)
+        except RuntimeError:  # a model vmap cannot run: one weight at a time
+            outputs = torch.stack([run(u, c, samples) for u, c in
+                                   zip(units, columns, strict=True)])
+        return (outputs - dense).square().sum(-1).mean(-1)
+
+    return errors
 
 
 @dataclass(frozen=True)
@@ -137,19 +169,28 @@ def brute_force_errors(
     Returns a tensor shaped like ``weight``; weights already zero score 0.
     """
     with torch.no_grad(), eval_mode(model):
-        chain = _chain_after(model, layer)
+        one_row = layouts(model, {name: layer}, samples, output_fn)[name]
+        chain = _chain_after(model, layer) if one_row else None
         taped = {name: layer} if chain is None else {name: layer, "next": chain.next_linear}
         with LayerTape(taped, differentiable=False) as tape:
             dense = forward(model, samples, output_fn)[1]
-        centred = tape.inputs[name] - mean_input.to(samples.dtype)  # (n, n_in)
-        n = len(samples)
-        if chain is None:
-            errors_of = _general_block(model, layer, samples, dense, output_fn)
-            width = layer.out_features
+        mean = mean_input.to(samples.dtype)
+        n, centred = len(samples), tape.inputs[name] - mean  # (rows, n_in)
+        if not one_row:
+            errors_of = _positions_block(model, layer, samples, dense, mean, output_fn)
+            width = len(centred) // n * layer.out_features
         else:
-            errors_of = _chain_block(chain, tape.outputs[name], tape.outputs["next"], dense,
-                                     output_fn)
-            width = chain.next_linear.out_features
+            if chain is None:
+                block_of = _general_block(model, layer, samples, dense, output_fn)
+                width = layer.out_features
+            else:
+                block_of = _chain_block(chain, tape.outputs[name], tape.outputs["next"], dense,
+                                        output_fn)
+                width = chain.next_linear.out_features
+
+            def errors_of(rows, cols, values, block_of=block_of):
+                return block_of(rows, -(values[:, None] * centred[:, cols].T))  # (K, n)
+
         flat = torch.nonzero(weight.reshape(-1)).squeeze(1)
         errors = torch.zeros(weight.numel(), dtype=weight.dtype, device=weight.device)
         block = max(1, BLOCK_ELEMENTS // (n * width))
@@ -157,8 +198,7 @@ def brute_force_errors(
                           disable=None if progress is None else not progress, leave=False):
             index = flat[start : start + block]
             rows, cols = index // weight.shape[1], index % weight.shape[1]
-            removed_signal = weight[rows, cols, None] * centred[:, cols].T  # (K, n)
-            errors[index] = errors_of(rows, -removed_signal)
+            errors[index] = errors_of(rows, cols, weight[rows, cols])
     return errors.reshape(weight.shape)
 
 

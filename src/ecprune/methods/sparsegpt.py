@@ -48,7 +48,9 @@ class SparseGPT(SensitivityMethod):
         stats = context.statistics.layers[name]
         saliency = obs_saliency(context.weights[name], context.layers[name].bias, stats.gram,
                                 self.damping)
-        mean_sensitivity = stats.sens_sum[:, None] / context.statistics.count
+        # Per sample, the rows' error sum_p du_p^2 reaches the output weighted by their own
+        # sensitivities (s_i itself with one row per sample); the saliency is per row.
+        mean_sensitivity = stats.row_sensitivity[:, None] / context.statistics.count
         return LayerImportance(mean_sensitivity * saliency, None)
 
     def update(self, step: UpdateStep) -> None:

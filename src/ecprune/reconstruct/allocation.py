@@ -176,9 +176,10 @@ def _nudge(result: dict[str, int], curves: dict, count: int) -> dict[str, int]:
 def refit_curves(statistics, layers: dict, weights: dict[str, torch.Tensor],
                  scores: dict[str, torch.Tensor], damping: float, *, seed: int = 0) -> dict:
     """:func:`error_curve` of every layer from one pass's statistics (``gram`` and the
-    sensitivities), the rows weighted by ``E[s_i]``."""
+    sensitivities): the Gram matrix per sample, its rows weighted by their mean output
+    sensitivity (``E[s_i]`` with one row per sample; with several, the mean over rows)."""
     count = statistics.count
-    return {name: error_curve(statistics.layers[name].gram / count, weights[name].detach(),
-                              scores[name], keep_mask(layer),
-                              statistics.layers[name].sens_sum / count, damping, seed=seed)
-            for name, layer in layers.items()}
+    return {name: error_curve(stats.gram / count, weights[name].detach(), scores[name],
+                              keep_mask(layer), stats.row_sensitivity / stats.rows, damping,
+                              seed=seed)
+            for name, layer in layers.items() for stats in [statistics.layers[name]]}

@@ -31,7 +31,7 @@ def execution_order(model: nn.Module, layers: dict[str, nn.Linear], batches: Bat
         raise ValueError("The 'data' parameter holds no samples; expected at least one input.")
     with torch.no_grad(), eval_mode(model), LayerTape(layers, differentiable=False) as tape:
         forward(model, first.inputs[:1], output_fn)
-    return list(tape.inputs)
+    return list(tape.calls)
 
 
 def detached_copy(model: nn.Module) -> nn.Module:

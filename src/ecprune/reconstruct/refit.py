@@ -167,6 +167,7 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
                 target = _dense_preactivations(reference, name, batch.inputs, output_fn)
                 weights = None
                 if weighted:
+                    _check_one_row(name, tape, len(batch.inputs))
                     weights = sensitivities(output, [tape.outputs[name]])[0]
                     weights = weights.to(ACCUMULATE_DTYPE)
                 systems.update(with_ones(tape.inputs[name]), target, weights)
@@ -175,6 +176,15 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
     if distributed.is_distributed():
         systems.all_reduce()
     _solve_and_write(name, layer, systems, keep, damping)
+
+
+def _check_one_row(name: str, tape: LayerTape, batch: int) -> None:
+    calls = tape.calls[name]
+    if len(calls) != 1 or calls[0][0].ndim != 2 or len(calls[0][0]) != batch:
+        raise ValueError(
+            f"refit_weighting='sensitivity' weights each row by its sample's s_i(x), but Linear "
+            f"layer {name!r} has several rows per sample ({len(calls)} call(s), input of shape "
+            f"{tuple(calls[0][0].shape)} for {batch} samples). Use refit_weighting='plain'.")
 
 
 def _solve_and_write(name: str, layer: nn.Linear, systems: RowSystems, keep: torch.Tensor,

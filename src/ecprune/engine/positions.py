@@ -1,0 +1,160 @@
+"""Output sensitivities per data sample for layers with several rows per sample.
+
+A layer may see ``(batch, tokens, features)``, run several times per forward (a recurrent cell,
+a neural-ODE vector field, a block applied twice) or act on rows shared by every sample (a
+DeepONet's trunk on its query points). For one sample ``x`` its pre-activations form rows
+``u_p``; removing ``W_ij`` and shifting ``b_i`` by ``delta`` changes the sample's output, to
+first order, by ``delta G_i - W_ij H_ij`` with ``G_i = sum_p g_ip``, ``H_ij = sum_p g_ip a_jp``
+and ``g_ip = dy/du_ip``. ECP's sums become ``S = E|G|^2``, ``P = E[G . H]``, ``Q = E|H|^2``
+(OBS with the Gauss-Newton matrix restricted to ``(W_ij, b_i)``); with one row per sample they
+are the paper's ``E[s]``, ``E[s a]``, ``E[s a^2]``.
+
+For directions ``z`` (the output basis, or Rademacher probes drawn per sample),
+``z . G_i = sum_p c_ip`` and ``z . H_ij = sum_p c_ip a_jp`` with ``c = d(z . y)/du``: one
+vector-Jacobian product per direction and one small GEMM per sample. The samples are kept
+apart by ``torch.func.vmap`` over the chunk (PyTorch's per-sample-gradient recipe), which also
+separates rows that every sample shares. :func:`layouts` decides which layers need this: a
+layer called once per forward on a 2-D input whose rows are the batch takes the one-row fast
+path of :mod:`ecprune.engine.statistics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import vjp, vmap
+
+from .tape import LayerTape, forward
+
+# Elements of the cotangents (samples x directions x rows x width) computed at once.
+JACOBIAN_ELEMENTS = 2**23
+# Elements of the per-sample products H (samples x directions x n_out x n_in) formed at once.
+PRODUCT_ELEMENTS = 2**23
+POSITIONS = ("auto", "exact", "independent")
+
+
+def layouts(model: nn.Module, layers: dict[str, nn.Linear], sample: torch.Tensor,
+            output_fn: Callable | None) -> dict[str, bool]:
+    """For each layer, whether it has one row per sample: on the chunk ``sample`` and on one
+    sample of it (or that sample twice), it is called once, on a 2-D input with as many rows as
+    samples."""
+    other = sample[:1] if len(sample) > 1 else torch.cat([sample, sample])
+    shapes = {}
+    for inputs in (sample, other):
+        with torch.no_grad(), LayerTape(layers, differentiable=False) as tape:
+            forward(model, inputs, output_fn)
+        shapes[len(inputs)] = {name: [tuple(a.shape) for a, _ in tape.calls.get(name, [])]
+                               for name in layers}
+    return {name: all(shapes[n][name] == [(n, layers[name].in_features)] for n in shapes)
+            for name in layers}
+
+
+@dataclass
+class LayerRows:
+    """One layer's per-sample cotangents ``c`` (B, directions, rows, n_out) and inputs ``a``
+    (B, rows, n_in), the rows of every call concatenated in call order."""
+
+    cotangents: torch.Tensor
+    inputs: torch.Tensor
+
+
+class PerSampleJacobians:
+    """Per-sample vector-Jacobian products of the model's output with respect to every row of
+    the chosen layers' pre-activations (``c = d(z . y)/du``), by ``torch.func``.
+
+    Built from one sample, whose forward fixes each layer's calls and their shapes.
+    """
+
+    def __init__(self, model: nn.Module, layers: dict[str, nn.Linear], sample: torch.Tensor,
+                 output_fn: Callable | None):
+        self.model, self.layers, self.output_fn = model, layers, output_fn
+        with torch.no_grad(), LayerTape(layers, differentiable=False) as tape:
+            _, output = forward(model, sample[:1], output_fn)
+        self.n_out = output.shape[1]
+        # Per call, the shape of its pre-activation for one sample (a batch of one).
+        self.shapes = {name: [tuple(u.shape) for _, u in tape.calls.get(name, [])]
+                       for name in layers}  # (a layer that never runs fails in the stream)
+        self.rows = {name: sum(torch.Size(s[:-1]).numel() for s in shapes)
+                     for name, shapes in self.shapes.items()}
+
+    def _output(self, sample: torch.Tensor, deltas: dict[str, list[torch.Tensor]]):
+        """The output of one sample with ``deltas`` added to every call's pre-activation, and
+        the inputs of those calls."""
+        calls = dict.fromkeys(self.layers, 0)
+        inputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+
+        def hook(name: str):
+            def add(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+                k = calls[name]
+                if k >= len(deltas[name]) or out.shape != deltas[name][k].shape:
+                    raise ValueError(
+                        f"Linear layer {name!r} is called differently for different samples "
+                        f"(call {k + 1}, output of shape {tuple(out.shape)}); ecprune needs the "
+                        "same calls and shapes for every sample.")
+                calls[name] += 1
+                inputs[name].append(args[0].reshape(-1, args[0].shape[-1]))
+                return out + deltas[name][k]
+            return add
+
+        handles = [layer.register_forward_hook(hook(name)) for name, layer in self.layers.items()]
+        try:
+            raw = self.model(sample[None])
+        finally:
+            for handle in handles:
+                handle.remove()
+        output = raw if self.output_fn is None else self.output_fn(raw)
+        return output.reshape(-1), {name: torch.cat(rows) for name, rows in inputs.items()}
+
+    def tiles(self, inputs: torch.Tensor,
+              directions: torch.Tensor) -> Iterator[dict[str, LayerRows]]:
+        """Per tile of samples, every layer's :class:`LayerRows`; ``directions`` (B, k, n_out):
+        per sample, the output directions ``z``. Tiles keep the cotangents near
+        ``JACOBIAN_ELEMENTS``."""
+        reference = next(iter(self.layers.values())).weight
+        deltas = {name: [torch.zeros(s, dtype=reference.dtype, device=reference.device)
+                         for s in shapes] for name, shapes in self.shapes.items()}
+
+        def per_sample(sample: torch.Tensor, z: torch.Tensor):
+            _, pullback, rows = vjp(lambda d: self._output(sample, d), deltas, has_aux=True)
+            (cotangents,) = vmap(pullback)(z)
+            flat = {name: torch.cat([c.reshape(len(z), -1, c.shape[-1]) for c in calls], 1)
+                    for name, calls in cotangents.items()}
+            return flat, rows
+
+        width = sum(self.rows[name] * layer.out_features for name, layer in self.layers.items())
+        step = max(1, JACOBIAN_ELEMENTS // max(1, directions.shape[1] * width))
+        for k in range(0, len(inputs), step):
+            cotangents, rows = vmap(per_sample)(inputs[k:k + step], directions[k:k + step])
+            yield {name: LayerRows(cotangents[name], rows[name]) for name in self.layers}
+
+
+def exact_directions(batch: int, n_out: int, *, dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:
+    """The output basis for every sample: (B, n_out, n_out)."""
+    return torch.eye(n_out, dtype=dtype, device=device).expand(batch, n_out, n_out)
+
+
+def position_sums(rows: LayerRows, shift: torch.Tensor, *, independent: bool):
+    """One chunk's ``(S, P, Q, D)`` of a layer in the model's dtype: ``S = sum |G|^2``
+    (n_out), ``P = sum G . H`` and ``Q = sum |H|^2`` (n_out, n_in), with ``H`` taken about the
+    input ``shift``, and ``D = sum_p |g_p|^2`` (n_out), the rows' own sensitivities.
+    ``independent``: rows treated as samples (``G, H`` of each row alone, no cross terms)."""
+    c, a = rows.cotangents, rows.inputs - shift.to(rows.inputs.dtype)  # (B,k,R,o), (B,R,i)
+    row_sens = c.square().sum(1)  # (B, R, o): sum over directions
+    if independent:
+        s, a = row_sens.reshape(-1, row_sens.shape[-1]), a.reshape(-1, a.shape[-1])
+        return s.sum(0), s.T @ a, s.T @ a.square(), s.sum(0)
+    g = c.sum(2)  # (B, k, o)
+    n_out, n_in = c.shape[-1], a.shape[-1]
+    # P = sum_b sum_r (sum_z G_bz c_bzr) a_br: one GEMM.
+    weights = torch.einsum("bzo,bzro->bro", g, c).reshape(-1, n_out)
+    p = weights.T @ a.reshape(-1, n_in)
+    q = a.new_zeros(n_out, n_in)
+    step = max(1, PRODUCT_ELEMENTS // max(1, c.shape[1] * n_out * n_in))
+    for k in range(0, len(c), step):
+        h = c[k:k + step].transpose(-1, -2) @ a[k:k + step, None]  # (b, k, o, i)
+        q += h.square().sum((0, 1))
+    return g.square().sum((0, 1)), p, q, row_sens.sum((0, 1))
