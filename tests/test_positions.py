@@ -214,6 +214,7 @@ def test_rows_that_do_not_follow_the_batch_are_not_taken_for_samples():
     result = ecprune.importance(model, x, "ecp", sensitivity="exact")
     importance, shift = ecp_oracle(model, "inp", x)
     torch.testing.assert_close(result["inp"].score, importance, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(result["inp"].bias_shift, shift, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("kind", ["deeponet", "token-mlp", "twice"])

@@ -40,10 +40,7 @@ from .sensitivity import (
     sensitivities,
 )
 from .tape import LayerTape, eval_mode, stream
-
-ACCUMULATE_DTYPE = torch.float64
-# Samples per tile of the statistics GEMM: keeps its operands cache-sized.
-STATS_TILE = 512
+from .workspace import ACCUMULATE_DTYPE, STATS_TILE, SumsWorkspace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -119,42 +116,6 @@ class Statistics:
         return self.output_sq_sum / self.count
 
 
-class _SumsWorkspace:
-    """Buffers, reused across chunks, for one layer's statistics GEMM on tiles of at most
-    ``STATS_TILE`` samples (cache-sized; fresh multi-MB buffers would page-fault each chunk).
-
-    ``right = [a - c, (a - c)^2, 1]`` (tile, 2 n_in + 1) and ``left = [s, 1]`` (tile, n_out + 1):
-    ``left^T right``, summed over the tiles of a chunk, holds ``P``, ``Q`` and ``S`` in its
-    first ``n_out`` rows and ``sum (a - c)``, ``sum (a - c)^2`` in its last.
-    """
-
-    def __init__(self, a: torch.Tensor, n_out: int):
-        tile, n_in = min(len(a), STATS_TILE), a.shape[1]
-        self.right = a.new_ones(tile, 2 * n_in + 1)
-        self.left = a.new_ones(tile, n_out + 1)
-        self.sums = a.new_empty(n_out + 1, 2 * n_in + 1)
-
-    def add(self, layer: LayerStatistics, s: torch.Tensor, a: torch.Tensor) -> None:
-        """Add one chunk's ``S``, ``P``, ``Q``, ``sum a`` (and ``sum a^2`` if kept) to ``layer``."""
-        n_in, shift, sums = a.shape[1], layer.input_shift.to(a.dtype), self.sums.zero_()
-        for start in range(0, len(a), len(self.right)):
-            rows = a[start : start + len(self.right)]
-            right, left = self.right[: len(rows)], self.left[: len(rows)]
-            torch.sub(rows, shift, out=right[:, :n_in])
-            torch.square(right[:, :n_in], out=right[:, n_in : 2 * n_in])
-            left[:, :-1] = s[start : start + len(rows)]
-            torch.addmm(sums, left.T, right, out=sums)  # (not addmm_: flop counters skip it)
-        sums = sums.to(ACCUMULATE_DTYPE)  # (n_out + 1, 2 n_in + 1)
-        layer.sens_act += sums[:-1, :n_in]
-        layer.sens_act_sq += sums[:-1, n_in : 2 * n_in]
-        layer.sens_sum += sums[:-1, -1]
-        centred_sum, shift = sums[-1, :n_in], layer.input_shift
-        layer.input_sum += centred_sum + len(a) * shift
-        if layer.input_sq_sum is not None:
-            layer.input_sq_sum += (sums[-1, n_in : 2 * n_in]
-                                   + shift * (2 * centred_sum + len(a) * shift))
-
-
 class Accumulator:
     """Float64 running sums for one pass; ``update`` takes one chunk into ``stats``.
 
@@ -172,7 +133,7 @@ class Accumulator:
         self.run = run
         self.per_sample = per_sample
         self.stats = Statistics(layers={})
-        self._workspaces: dict[str, _SumsWorkspace] = {}
+        self._workspaces: dict[str, SumsWorkspace] = {}
 
     def update(self, tape: LayerTape, batch: Batch, raw: object, output: torch.Tensor) -> None:
         stats, request = self.stats, self.request
@@ -253,10 +214,10 @@ class Accumulator:
                                             layer.row_sens_sum), sums, strict=True):
                         total += part.to(ACCUMULATE_DTYPE)
 
-    def _workspace(self, name: str, a: torch.Tensor) -> _SumsWorkspace:
+    def _workspace(self, name: str, a: torch.Tensor) -> SumsWorkspace:
         workspace = self._workspaces.get(name)
         if workspace is None or len(workspace.right) < min(len(a), STATS_TILE):
-            workspace = _SumsWorkspace(a, self.layers[name].out_features)
+            workspace = SumsWorkspace(a, self.layers[name].out_features)
             self._workspaces[name] = workspace
         return workspace
 
