@@ -54,11 +54,11 @@ def assert_same(a, b):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("scenario", ["dataset", "iterable"])
+@pytest.mark.parametrize("scenario", ["dataset", "iterable", "tokens"])
 def test_two_ranks_equal_one_process_on_uneven_shards(tmp_path, scenario):
     codes, errors, _ = launch(tmp_path, scenario)
     assert codes == [0, 0], errors
-    reference = results(*problem(scenario))
+    reference = results(*problem(scenario), scenario)
     for rank in range(2):
         assert_same(torch.load(tmp_path / f"rank{rank}.pt"), reference)
 
