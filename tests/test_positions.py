@@ -334,3 +334,70 @@ def test_a_sensitivity_weighted_refit_with_tokens_is_a_clear_error():
                                          r"has several rows per sample.*Use refit_weighting='plain'"):
         ecprune.prune(model, x, 0.5, "ecp-refit", refit_weighting="sensitivity")
     assert not torch.nn.utils.prune.is_pruned(model)
+
+
+def test_compact_and_to_sparse_take_token_inputs():
+    """A per-token Sequential pruned with positions: the compacted and the CSR models give the
+    pruned model's outputs on (B, T, F) inputs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh(),
+                          nn.Linear(6, 3)).double()
+    x = torch.randn(30, 5, 4, dtype=torch.float64)
+    ecprune.prune(model, x, 0.7, "ecp")
+    ecprune.bake_masks(model)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(ecprune.compact(model)(x), expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ecprune.to_sparse(model)(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_per_sample_engines_agree():
+    """Batched reverse passes (rows in sample blocks) and torch.func.vmap over samples give the
+    same cotangents and inputs on a token model."""
+    from ecprune.engine.positions import BlockJacobians, PerSampleJacobians, sample_blocks
+    from ecprune.engine.tape import LayerTape, forward
+
+    model, x = build("transformer", n=6)
+    layers = dict(_linears(model))
+    blocks = sample_blocks(model, layers, x, None)
+    assert blocks is not None and blocks["qkv"] == [4]
+    directions = torch.randn(6, 3, 2, dtype=torch.float64)
+    with LayerTape(layers, differentiable=True) as tape:
+        _, output = forward(model, x, None)
+        (by_blocks,) = list(BlockJacobians(layers, blocks).tiles(x, output, tape, directions))
+        (by_vmap,) = list(PerSampleJacobians(model, layers, x, None).tiles(x, output, tape,
+                                                                          directions))
+    for name in layers:
+        torch.testing.assert_close(by_blocks[name].cotangents, by_vmap[name].cotangents,
+                                   rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(by_blocks[name].inputs, by_vmap[name].inputs, rtol=1e-12,
+                                   atol=1e-14)  # batched and single-sample products round apart
+
+
+def test_token_major_rows_and_shared_rows_are_not_taken_for_sample_blocks():
+    model, x = build("deeponet")
+    assert sample_blocks_of(model, x) is None
+
+    class TokenMajor(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = nn.Linear(2, 3), nn.Linear(3, 1)
+
+        def forward(self, x):
+            h = torch.tanh(self.inp(x.reshape(-1, 4, 2).transpose(0, 1)))  # (T, B, 3)
+            return self.out(h).sum(0)
+
+    torch.manual_seed(0)
+    model = TokenMajor().double()
+    x = torch.randn(12, 8, dtype=torch.float64)
+    assert sample_blocks_of(model, x) is None
+    importance, shift = ecp_oracle(model, "inp", x)
+    result = ecprune.importance(model, x, "ecp", sensitivity="exact")
+    torch.testing.assert_close(result["inp"].score, importance, rtol=1e-10, atol=1e-15)
+    torch.testing.assert_close(result["inp"].bias_shift, shift, rtol=1e-10, atol=1e-15)
+
+
+def sample_blocks_of(model, x):
+    from ecprune.engine.positions import sample_blocks
+
+    return sample_blocks(model, dict(_linears(model)), x, None)

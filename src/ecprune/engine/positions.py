@@ -52,6 +52,46 @@ def layouts(model: nn.Module, layers: dict[str, nn.Linear], sample: torch.Tensor
             for name in layers}
 
 
+def sample_blocks(model: nn.Module, layers: dict[str, nn.Linear], chunk: torch.Tensor,
+                  output_fn: Callable | None) -> dict[str, list[int]] | None:
+    """Rows per sample of every call of every layer when each sample's rows are a contiguous
+    block of the batch's rows, in sample order, and samples do not mix (checked on values:
+    two different samples run together give the rows and outputs they give alone); None when
+    some layer's rows are shared by the samples or laid out otherwise (e.g. token-major)."""
+    first = chunk[:1]
+    second = next((s[None] for s in chunk[1:] if not torch.equal(s, chunk[0])), first)
+    runs = [_record(model, layers, inputs, output_fn)
+            for inputs in (first, second, torch.cat([first, second]))]
+    (calls_1, y_1), (calls_2, y_2), (calls_pair, y_pair) = runs
+    if not _close(y_pair, torch.cat([y_1, y_2])):
+        return None
+    blocks = {}
+    for name in layers:
+        if not len(calls_pair[name]) == len(calls_1[name]) == len(calls_2[name]) > 0:
+            return None
+        blocks[name] = []
+        for u_1, u_2, u_pair in zip(calls_1[name], calls_2[name], calls_pair[name], strict=True):
+            if not (u_pair.shape[0] == 2 * u_1.shape[0] and u_1.shape == u_2.shape
+                    and _close(u_pair, torch.cat([u_1, u_2]))):
+                return None
+            blocks[name].append(len(u_1))
+    return blocks
+
+
+def _record(model, layers, inputs, output_fn):
+    """Each layer's call outputs as rows (rows, n_out), and the model's output."""
+    with torch.no_grad(), LayerTape(layers, differentiable=False) as tape:
+        _, output = forward(model, inputs, output_fn)
+    return ({name: [u.reshape(-1, u.shape[-1]) for _, u in tape.calls.get(name, [])]
+             for name in layers}, output)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to the rounding of batched against single-sample products."""
+    scale = max(a.abs().max().item(), b.abs().max().item(), 1.0) if a.numel() else 1.0
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
 @dataclass
 class LayerRows:
     """One layer's per-sample cotangents ``c`` (B, directions, rows, n_out) and inputs ``a``
@@ -67,6 +107,8 @@ class PerSampleJacobians:
 
     Built from one sample, whose forward fixes each layer's calls and their shapes.
     """
+
+    needs_graph = False  # every sample runs again, under torch.func
 
     def __init__(self, model: nn.Module, layers: dict[str, nn.Linear], sample: torch.Tensor,
                  output_fn: Callable | None):
@@ -108,11 +150,18 @@ class PerSampleJacobians:
         output = raw if self.output_fn is None else self.output_fn(raw)
         return output.reshape(-1), {name: torch.cat(rows) for name, rows in inputs.items()}
 
-    def tiles(self, inputs: torch.Tensor,
+    def tiles(self, inputs: torch.Tensor, output: torch.Tensor, tape: LayerTape,
               directions: torch.Tensor) -> Iterator[dict[str, LayerRows]]:
         """Per tile of samples, every layer's :class:`LayerRows`; ``directions`` (B, k, n_out):
         per sample, the output directions ``z``. Tiles keep the cotangents near
-        ``JACOBIAN_ELEMENTS``."""
+        ``JACOBIAN_ELEMENTS``. (``output`` and ``tape``, of the chunk's own forward, are not
+        needed: every sample runs again on its own.)"""
+        del output
+        with tape.paused():
+            yield from self._tiles(inputs, directions)
+
+    def _tiles(self, inputs: torch.Tensor,
+               directions: torch.Tensor) -> Iterator[dict[str, LayerRows]]:
         reference = next(iter(self.layers.values())).weight
         deltas = {name: [torch.zeros(s, dtype=reference.dtype, device=reference.device)
                          for s in shapes] for name, shapes in self.shapes.items()}
@@ -129,6 +178,48 @@ class PerSampleJacobians:
         for k in range(0, len(inputs), step):
             cotangents, rows = vmap(per_sample)(inputs[k:k + step], directions[k:k + step])
             yield {name: LayerRows(cotangents[name], rows[name]) for name in self.layers}
+
+
+class BlockJacobians:
+    """The same cotangents as :class:`PerSampleJacobians` when every sample's rows are a block
+    of the batch's rows (:func:`sample_blocks`): batched reverse passes through the chunk's own
+    forward, ``is_grads_batched`` over blocks of directions, cost about one backward pass per
+    direction."""
+
+    needs_graph = True  # reverse passes through the chunk's forward
+
+    def __init__(self, layers: dict[str, nn.Linear], blocks: dict[str, list[int]]):
+        self.layers, self.blocks = layers, blocks
+
+    def tiles(self, inputs: torch.Tensor, output: torch.Tensor, tape: LayerTape,
+              directions: torch.Tensor) -> Iterator[dict[str, LayerRows]]:
+        batch, k = directions.shape[:2]
+        calls = [(name, a, u) for name in self.layers for a, u in tape.calls[name]]
+        for name in self.layers:
+            rows = [a.numel() // a.shape[-1] for a, _ in tape.calls[name]]
+            if rows != [batch * block for block in self.blocks[name]]:
+                raise ValueError(
+                    f"Linear layer {name!r} had {self.blocks[name]} rows per sample in its calls "
+                    f"on the first chunk but {rows} rows for {batch} samples on this one; pass "
+                    "positions='exact'.")
+        inputs_by_layer = {name: torch.cat([a.reshape(batch, -1, a.shape[-1])
+                                            for a, _ in tape.calls[name]], 1)
+                           for name in self.layers}
+        width = sum(u.numel() for _, _, u in calls)
+        step = max(1, JACOBIAN_ELEMENTS // max(1, width))
+        for start in range(0, k, step):
+            stop = min(k, start + step)
+            grads = torch.autograd.grad(
+                output, [u for _, _, u in calls],
+                grad_outputs=directions[:, start:stop].transpose(0, 1).contiguous(),
+                is_grads_batched=True, retain_graph=stop < k, allow_unused=True)
+            by_layer: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+            for (name, _, u), grad in zip(calls, grads, strict=True):
+                grad = torch.zeros((stop - start, *u.shape), dtype=u.dtype,
+                                   device=u.device) if grad is None else grad
+                by_layer[name].append(grad.reshape(stop - start, batch, -1, u.shape[-1]))
+            yield {name: LayerRows(torch.cat(parts, 2).transpose(0, 1), inputs_by_layer[name])
+                   for name, parts in by_layer.items()}
 
 
 def exact_directions(batch: int, n_out: int, *, dtype: torch.dtype,
@@ -153,8 +244,11 @@ def position_sums(rows: LayerRows, shift: torch.Tensor, *, independent: bool):
     weights = torch.einsum("bzo,bzro->bro", g, c).reshape(-1, n_out)
     p = weights.T @ a.reshape(-1, n_in)
     q = a.new_zeros(n_out, n_in)
-    step = max(1, PRODUCT_ELEMENTS // max(1, c.shape[1] * n_out * n_in))
-    for k in range(0, len(c), step):
-        h = c[k:k + step].transpose(-1, -2) @ a[k:k + step, None]  # (b, k, o, i)
-        q += h.square().sum((0, 1))
+    k, rows = c.shape[1], c.shape[2]
+    step = max(1, PRODUCT_ELEMENTS // max(1, k * n_out * n_in))
+    for b in range(0, len(c), step):
+        # H of every direction at once: (b, k o, R) @ (b, R, i), one batched GEMM.
+        left = c[b:b + step].permute(0, 1, 3, 2).reshape(-1, k * n_out, rows)
+        h = torch.bmm(left, a[b:b + step])  # (b, k o, i)
+        q += h.square().sum(0).reshape(k, n_out, n_in).sum(0)
     return g.square().sum((0, 1)), p, q, row_sens.sum((0, 1))

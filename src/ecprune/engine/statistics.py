@@ -30,7 +30,14 @@ from torch import nn
 
 from .. import distributed
 from .batching import Batch
-from .positions import PerSampleJacobians, exact_directions, layouts, position_sums
+from .positions import (
+    BlockJacobians,
+    PerSampleJacobians,
+    exact_directions,
+    layouts,
+    position_sums,
+    sample_blocks,
+)
 from .sensitivity import (
     ChainRun,
     chain_sensitivities,
@@ -162,8 +169,7 @@ class Accumulator:
             if loss_grads is not None:
                 layer.loss_grad += loss_grads[name]
         if request.sensitivity and not fast:
-            with tape.paused():  # the per-sample engine runs the same layers again
-                self._add_per_sample(batch, output)
+            self._add_per_sample(tape, batch, output)
         stats.count += len(batch.inputs)
         stats.output_sq_sum += output.detach().square().sum(dtype=ACCUMULATE_DTYPE).item()
         if request.samples:
@@ -190,7 +196,7 @@ class Accumulator:
                 sums[name] = sums[name] + (g.T @ a).to(ACCUMULATE_DTYPE)
         return sums
 
-    def _add_per_sample(self, batch: Batch, output: torch.Tensor) -> None:
+    def _add_per_sample(self, tape: LayerTape, batch: Batch, output: torch.Tensor) -> None:
         """Add one chunk's per-sample sensitivity sums (:mod:`ecprune.engine.positions`)."""
         stats, request = self.stats, self.request
         if stats.engine is None:
@@ -205,8 +211,8 @@ class Accumulator:
             directions = rademacher((b, stats.probes, n), stats.probes, generator,
                                     dtype=output.dtype, device=output.device)
         independent = request.positions == "independent"
-        with torch.no_grad():
-            for tile in self.per_sample.tiles(batch.inputs, directions):
+        with torch.set_grad_enabled(self.per_sample.needs_graph):
+            for tile in self.per_sample.tiles(batch.inputs, output, tape, directions):
                 for name, rows in tile.items():
                     layer = stats.layers[name]
                     sums = position_sums(rows, layer.input_shift, independent=independent)
@@ -340,8 +346,8 @@ def collect_statistics(
             chain = find_chain(model, layers)
         chain_run = None if chain is None else ChainRun(chain)
         accumulator = Accumulator(layers, request, chain_run, per_sample)
-        needs_graph = request.loss is not None or (
-            request.sensitivity and chain_run is None and per_sample is None)
+        needs_graph = request.loss is not None or (request.sensitivity and chain_run is None and (
+            per_sample is None or per_sample.needs_graph))
         for batch, tape, raw, output in stream(model, layers, chunks,
                                                differentiable=needs_graph,
                                                output_fn=output_fn, progress=progress,
@@ -357,13 +363,17 @@ def collect_statistics(
 
 
 def _per_sample_engine(model: nn.Module, layers: dict[str, nn.Linear], first: Batch | None,
-                       request: StatisticsRequest,
-                       output_fn: Callable | None) -> PerSampleJacobians | None:
-    """The per-sample engine when the sensitivities need it (see :func:`collect_statistics`)."""
+                       request: StatisticsRequest, output_fn: Callable | None):
+    """The per-sample engine when the sensitivities need it (see :func:`collect_statistics`):
+    batched reverse passes when every sample's rows are a block of the batch's rows, else
+    ``torch.func.vmap`` over the samples (rows shared by all samples, other layouts)."""
     if not request.sensitivity or first is None:
         return None
     with eval_mode(model):
         if request.positions == "auto" and all(
                 layouts(model, layers, first.inputs, output_fn).values()):
             return None
+        blocks = sample_blocks(model, layers, first.inputs, output_fn)
+        if blocks is not None:
+            return BlockJacobians(layers, blocks)
         return PerSampleJacobians(model, layers, first.inputs, output_fn)

@@ -1,0 +1,87 @@
+"""Cost of ECP's per-sample (several rows per sample) statistics pass against one gradient pass.
+
+A per-token MLP 128-256-128 with 10 outputs on B samples x T tokens (the tokens averaged at
+the output, so every row of a sample reaches every output): the exact per-sample pass (the
+output basis: 10 directions), the Hutchinson estimate with 8 probes, and the rows-as-samples
+approximation (``positions="independent"``, 8 probes), each against one gradient pass over the
+same data (forward + backward with weight gradients). Writes
+``docs/benchmarks/positions_cost.json`` with the machine and the date.
+
+Run: ``.venv/bin/python benchmarks/positions_cost.py`` (``--samples 4096 --tokens 64`` is the
+issue's size; smaller sizes for a quick look).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from statistics_common import RESULTS, gradient_pass, interleaved_times, machine, write_json
+from torch import nn
+
+import ecprune
+
+
+class TokenMLP(nn.Module):
+    """``widths`` applied to every token, then the mean over tokens."""
+
+    def __init__(self, widths: list[int], tokens: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for k in range(len(widths) - 1):
+            layers.append(nn.Linear(widths[k], widths[k + 1]))
+            if k < len(widths) - 2:
+                layers.append(nn.GELU())
+        self.net, self.tokens, self.width = nn.Sequential(*layers), tokens, widths[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.reshape(len(x), self.tokens, self.width)).mean(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--out", type=Path, default=RESULTS / "positions_cost.json")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    widths = [128, 256, 128, 10]
+    model = TokenMLP(widths, args.tokens)
+    x = torch.rand(args.samples, args.tokens * widths[0])
+    y = torch.randint(0, widths[-1], (args.samples,))
+
+    def score(**options):
+        return lambda: ecprune.importance(model, x, "ecp", progress=False,
+                                          chunk_size=args.chunk_size, **options)
+
+    tasks = {"gradient pass": lambda: gradient_pass(model, x, y, "cross_entropy"),
+             "ecp exact": score(sensitivity="exact"),
+             "ecp 8 probes": score(sensitivity="hutchinson", probes=8),
+             "ecp independent, 8 probes": score(sensitivity="hutchinson", probes=8,
+                                                positions="independent")}
+    times = interleaved_times(tasks, args.repeats)
+    base = times["gradient pass"]["seconds"]
+    for name, result in times.items():
+        result["gradient_passes"] = round(result["seconds"] / base, 2)
+        print(f"{name:>28}: {result['seconds']:7.2f} s = {result['gradient_passes']:5.2f} "
+              "gradient passes")
+    exact, rows = score(sensitivity="exact")(), score(sensitivity="exact",
+                                                     positions="independent")()
+    errors = {name: ((rows[name].score - exact[name].score).abs().max()
+                     / exact[name].score.abs().max()).item() for name in exact}
+    print("independent against exact, max |difference| / max score per layer:",
+          {k: round(v, 4) for k, v in errors.items()})
+    write_json(args.out, {"machine": machine(), "samples": args.samples, "tokens": args.tokens,
+                          "widths": widths, "chunk_size": args.chunk_size, "times": times,
+                          "independent_relative_error": errors})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
