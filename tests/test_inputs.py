@@ -183,3 +183,28 @@ def test_integer_inputs_are_cast_to_the_model_dtype(tiny):
     x = np.arange(30, dtype=np.uint8).reshape(10, 3)
     result = ecprune.importance(model, x)
     assert result["0"].score.dtype == torch.float64
+
+
+def test_a_layer_the_gradient_cannot_reach_is_refused_and_a_dead_layer_is_not():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.hidden, self.out = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.inp(x))
+            return self.out(torch.tanh(self.hidden(h)).detach() + h)
+
+    torch.manual_seed(0)
+    model = Detached().double()
+    x = torch.randn(20, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"Linear layer 'hidden' changes the model's output, "
+                                         r"but the output's gradient does not reach it"):
+        ecprune.prune(model, x, 0.5)
+    assert not torch.nn.utils.prune.is_pruned(model)
+    ecprune.prune(model, x, 0.5, method="magnitude")  # needs no gradient: fine
+    dead = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    with torch.no_grad():
+        dead[0].bias.fill_(-100.0)  # every hidden unit inactive on the data: zero, not blind
+    report = ecprune.prune(dead, x, 0.5, layers=["0"])
+    assert report.predicted_error == 0

@@ -247,3 +247,19 @@ def test_pruned_model_still_trains_with_existing_optimizer(tiny):
 def test_mlp_helper_builds_requested_widths():
     model = mlp([5, 3, 2])
     assert [m.weight.shape for m in model if isinstance(m, nn.Linear)] == [(3, 5), (2, 3)]
+
+
+def test_tied_weights_across_modules_are_refused_and_one_module_twice_is_not():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(),
+                          nn.Linear(4, 2)).double()
+    model[2].weight = model[0].weight
+    x = torch.randn(30, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"The Parameters \['0.weight', '2.weight'\] are one "
+                                         r"tensor \(tied weights\), held by Linear layer '0'"):
+        ecprune.prune(model, x, 0.5)
+    with pytest.raises(ValueError, match=r"tied weights"):
+        ecprune.prune(model, x, 0.5, layers=["2"])
+    assert not torch_prune.is_pruned(model)
+    report = ecprune.prune(model, x, 0.5, layers=["4"])
+    assert report.total == 8

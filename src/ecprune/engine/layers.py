@@ -30,7 +30,7 @@ def select_layers(model: nn.Module,
             "weights of nn.Linear layers only."
         )
     if layers is None:
-        return linears
+        return _untied(model, linears)
     if isinstance(layers, str | nn.Module):
         layers = [layers]
     by_module = {id(m): name for name, m in linears.items()}
@@ -52,7 +52,33 @@ def select_layers(model: nn.Module,
             )
     if not wanted:
         raise ValueError("The 'layers' parameter is empty; name at least one nn.Linear layer.")
-    return {name: m for name, m in linears.items() if name in wanted}
+    return _untied(model, {name: m for name, m in linears.items() if name in wanted})
+
+
+def _untied(model: nn.Module, selected: dict[str, nn.Linear]) -> dict[str, nn.Linear]:
+    """``selected``, or a ValueError if one of their weights or biases is a Parameter another
+    module also holds (tied weights): masks and shifts are per module, so the shared tensor
+    would be pruned twice, differently. One module called twice is fine."""
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for key, tensor in module._parameters.items():
+            if tensor is not None:
+                holders.setdefault(id(tensor), []).append(f"{name}.{key}" if name else key)
+    for name, layer in selected.items():
+        for tensor in (stored_weight(layer), layer.bias):
+            tied = holders.get(id(tensor), []) if tensor is not None else []
+            if len(tied) > 1:
+                raise ValueError(
+                    f"The Parameters {tied} are one tensor (tied weights), held by Linear layer "
+                    f"{name!r} and another module; ecprune masks and compensates per module, so "
+                    "it would prune the shared tensor twice. Untie them, apply one module twice "
+                    "instead, or exclude the layer with 'layers='.")
+    return selected
+
+
+def stored_weight(layer: nn.Linear) -> torch.Tensor:
+    """The stored weight Parameter: ``weight_orig`` when masked, else ``weight``."""
+    return layer.weight_orig if hasattr(layer, "weight_orig") else layer.weight
 
 
 def keep_mask(layer: nn.Linear) -> torch.Tensor:

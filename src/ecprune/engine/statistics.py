@@ -47,9 +47,12 @@ from .sensitivity import (
     sensitivities,
 )
 from .tape import LayerTape, eval_mode, stream
+from .visibility import check_visible
 from .workspace import ACCUMULATE_DTYPE, STATS_TILE, SumsWorkspace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Inputs of the first chunk on which a layer with zero sensitivities is checked for being seen.
+VISIBILITY_SAMPLES = 64
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,11 @@ def collect_statistics(
                                                output_fn=output_fn, progress=progress,
                                                runner=chain_run):
             accumulator.update(tape, batch, raw, output)
+        if request.sensitivity and first is not None:
+            blind = [name for name, layer in accumulator.stats.layers.items()
+                     if not layer.row_sensitivity.any()]
+            with eval_mode(model):
+                check_visible(model, layers, blind, first.inputs[:VISIBILITY_SAMPLES], output_fn)
         return accumulator
 
     stats = distributed.run_on_every_rank(run).finish()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from ..engine.layers import keep_mask
+from ..engine.layers import keep_mask, stored_weight
 
 
 def _set_mask(layer: nn.Linear, keep: torch.Tensor) -> None:
@@ -89,7 +89,7 @@ def preserved(layers: dict[str, nn.Linear]) -> Iterator[None]:
     """
     saved = {name: (layer.bias.detach().clone() if layer.bias is not None else None,
                     keep_mask(layer).clone(), torch_prune.is_pruned(layer),
-                    _values(layer).detach().clone())
+                    stored_weight(layer).detach().clone())
              for name, layer in layers.items()}
     try:
         yield
@@ -100,12 +100,7 @@ def preserved(layers: dict[str, nn.Linear]) -> Iterator[None]:
         _restore(layers, {name: entry[:3] for name, entry in saved.items()})
         with torch.no_grad():
             for name, layer in layers.items():
-                _values(layer).copy_(saved[name][3])
+                stored_weight(layer).copy_(saved[name][3])
                 if torch_prune.is_pruned(layer):
                     layer.weight = layer.weight_orig * layer.weight_mask
         raise
-
-
-def _values(layer: nn.Linear) -> torch.Tensor:
-    """The stored weight values: ``weight_orig`` when masked, else ``weight``."""
-    return layer.weight_orig if hasattr(layer, "weight_orig") else layer.weight
