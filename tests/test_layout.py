@@ -10,7 +10,8 @@ from pathlib import Path
 import ecprune
 
 PACKAGE = Path(ecprune.__file__).parent
-REGISTRY_MODULE = "ecprune.methods.registry"
+# The registries of weight methods and of unit-removal methods (ecprune.structured).
+REGISTRY_MODULES = {"ecprune.methods.registry", "ecprune.structured.registry"}
 MAX_LINES = 400
 
 
@@ -91,13 +92,13 @@ def test_no_module_is_over_the_size_limit():
 
 
 def test_method_names_are_compared_only_in_the_registry():
-    names = "|".join(re.escape(name) for name in ecprune.METHODS)
+    names = "|".join(re.escape(name) for name in (*ecprune.METHODS, *ecprune.NEURON_METHODS))
     literal = rf"""["']({names})["']"""
     comparison = re.compile(rf"(==|!=|\bin)\s*[(\[{{]?\s*{literal}|{literal}\s*(==|!=|\bin\b)")
     found = [f"{name}:{k}: {line.strip()}" for name, path in modules().items()
-             if name != REGISTRY_MODULE
+             if name not in REGISTRY_MODULES
              for k, line in enumerate(path.read_text().splitlines(), 1)
              if comparison.search(line)]
     assert found == []
     assert comparison.search('if method == "gradient":') and comparison.search(
-        'if method in ("ecp-refit", "sparsegpt"):')
+        'if method in ("ecp-refit", "sparsegpt"):') and comparison.search('if name != "obs":')

@@ -7,7 +7,7 @@
 (56, 112)
 """
 
-from . import distributed, methods
+from . import distributed, methods, structured
 from .api import importance, prune, prune_by_importance
 from .budget import BudgetChoice, budget_sparsity, prune_to_budget
 from .engine.layers import bake_masks
@@ -17,19 +17,24 @@ from .measure import OutputError, output_error
 from .methods import LayerImportance, Method
 from .options import Options
 from .report import Importances, LayerReport, PruneReport
+from .structured import NeuronReport, prune_neurons
 
 __version__ = "0.1.0"
 
 # The registered methods' names (the registry itself: ecprune.methods.REGISTRY).
 METHODS: tuple[str, ...] = tuple(methods.REGISTRY)
+# The unit-removal methods of prune_neurons (ecprune.structured.NEURON_METHODS).
+NEURON_METHODS: tuple[str, ...] = tuple(structured.NEURON_METHODS)
 
 __all__ = [
     "METHODS",
+    "NEURON_METHODS",
     "BudgetChoice",
     "Importances",
     "LayerImportance",
     "LayerReport",
     "Method",
+    "NeuronReport",
     "Options",
     "OutputError",
     "PruneReport",
@@ -45,6 +50,8 @@ __all__ = [
     "output_error",
     "prune",
     "prune_by_importance",
+    "prune_neurons",
     "prune_to_budget",
+    "structured",
     "to_sparse",
 ]

@@ -11,6 +11,7 @@ import dataclasses
 
 from torch import nn
 
+from . import distributed
 from ._validation import check_choice, check_positive_int, check_sparsity
 from .engine.batching import check_reiterable
 from .engine.layers import keep_mask, select_layers
@@ -19,7 +20,7 @@ from .masking.schedule import step_sparsities
 from .masking.selection import SCOPES
 from .methods import Method
 from .options import parse_options
-from .pipeline import batch_factory, prune_scored, score
+from .pipeline import batch_factory, fingerprint, prune_scored, score
 from .reconstruct.layerwise import detached_copy
 from .report import Importances, PruneReport, combine_reports
 
@@ -53,7 +54,9 @@ def importance(model: nn.Module, data: object, method: str | Method = "ecp",
     (['0', '2'], torch.Size([4, 3]))
     """
     method, opts = parse_options(method, options, "importance")
-    return score(model, data, select_layers(model, opts.layers), method, opts)
+    layers = select_layers(model, opts.layers)
+    distributed.check_agreement(fingerprint(method, opts, layers, data))
+    return score(model, data, layers, method, opts)
 
 
 def _scope(method: Method, scope: str | None, caller: str) -> str:
@@ -100,6 +103,8 @@ def prune(model: nn.Module, data: object, sparsity: float, method: str | Method 
     if steps > 1 or method.rereads_data:
         check_reiterable(data, f"method={method.label!r} with steps={steps}")
     layers = select_layers(model, opts.layers)
+    distributed.check_agreement(fingerprint(method, opts, layers, data, sparsity=sparsity,
+                                            scope=scope, steps=steps))
     reference = detached_copy(model) if method.needs_reference else None
     batches = batch_factory(model, data, opts)
     start = _removed(layers) / sum(layer.weight.numel() for layer in layers.values())

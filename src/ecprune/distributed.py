@@ -91,6 +91,21 @@ def run_on_every_rank(fn: Callable[[], T]) -> T:
     return result
 
 
+def check_agreement(call: dict[str, object]) -> None:
+    """Raise on every rank, with one message, unless every rank describes the same ``call``
+    (method, options, sparsity, layers and their shapes, the data's length when sharded):
+    ranks that disagree would end with different masks."""
+    if not is_distributed():
+        return
+    calls = all_gather_objects(call)
+    for key in call:
+        values = [c.get(key) for c in calls]
+        if any(value != values[0] for value in values):
+            listed = "; ".join(f"rank {rank}: {value!r}" for rank, value in enumerate(values))
+            raise ValueError(f"The ranks disagree on {key} ({listed}); every rank must run the "
+                             "same call on the same model and data to end with the same masks.")
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (float64 sums stay float64)."""
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

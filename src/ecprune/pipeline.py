@@ -39,6 +39,16 @@ def check_biases(layers: dict[str, nn.Linear], label: str, add_bias: bool) -> No
         )
 
 
+def fingerprint(method: Method, options: Options, layers: dict[str, nn.Linear], data: object,
+                **call: object) -> dict[str, object]:
+    """What every rank must agree on (:func:`ecprune.distributed.check_agreement`)."""
+    return {"method": repr(method), "options": repr(dataclasses.replace(
+                options, layers=None, output_fn=None, progress=None)),
+            "layers": [(name, tuple(layer.weight.shape)) for name, layer in layers.items()],
+            "samples": len(data) if options.shard and hasattr(data, "__len__") else None,
+            **call}
+
+
 def score(model: nn.Module, data: object, layers: dict[str, nn.Linear], method: Method,
           options: Options) -> Importances:
     """One data pass for the statistics ``method`` requests, then its scores."""

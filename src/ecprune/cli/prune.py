@@ -7,7 +7,10 @@ without ``--force``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,8 @@ from ecprune.engine.layers import copy_model, model_dtype_device, select_layers
 from ecprune.engine.tape import LayerTape, eval_mode, forward
 from ecprune.masking.selection import SCOPES
 from ecprune.methods import LOSSES
+from ecprune.structured import registry as neuron_registry
+from ecprune.structured.selection import SCOPES as NEURON_SCOPES
 
 from .command import add_command
 from .data_files import FORMATS, LoadedData, load_data
@@ -34,6 +39,9 @@ EPILOG = """examples:
 
   # an architecture from your code plus a state dict (nothing is unpickled)
   ecprune prune mymodels:make_mlp --path . --weights weights.pt data.npz --sparsity 0.8
+
+  # remove half of the hidden units: a smaller dense model, saved whole (its widths changed)
+  ecprune prune model.pt inputs.npy --trust-model --neurons 0.5 -o small.pt
 
   # remove as many weights as keep ECP's predicted relative output error under 1%
   ecprune prune model.pt inputs.npy --trust-model --error-budget 0.01 --compact
@@ -75,9 +83,29 @@ def build_method(args: argparse.Namespace) -> methods.Method:
                        **{flag: getattr(args, flag) for flag in METHOD_FLAGS})
 
 
+def neuron_method(args: argparse.Namespace):
+    """``--neurons``: the unit-removal method of ``--method`` and its options."""
+    if not 0 <= args.neurons < 1:
+        raise ValueError(f"--neurons must be in [0, 1); got {args.neurons}.")
+    for flag, given in (("--steps", args.steps != 1), ("--compact", args.compact)):
+        if given:
+            raise ValueError(f"--neurons removes whole units in one step and writes the smaller "
+                             f"model; drop {flag}.")
+    if args.scope not in NEURON_SCOPES:
+        raise ValueError(f"--neurons takes --scope {' or '.join(NEURON_SCOPES)}; got "
+                         f"{args.scope!r}.")
+    if args.method not in ecprune.NEURON_METHODS:
+        raise ValueError(f"Unknown --method {args.method!r} with --neurons; choose one of "
+                         f"{', '.join(ecprune.NEURON_METHODS)}.")
+    return neuron_registry.get(args.method, caller="ecprune prune --neurons",
+                               **{flag: getattr(args, flag) for flag in METHOD_FLAGS})
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Fail on inconsistent options before loading anything; sets ``args.pruner``, the method."""
-    args.pruner = build_method(args)
+    if args.method is None:
+        args.method = "ecp" if args.neurons is None else "ecp-refit"
+    args.pruner = build_method(args) if args.neurons is None else neuron_method(args)
     if args.scope not in SCOPES:
         raise ValueError(f"Unknown --scope {args.scope!r}; choose one of {', '.join(SCOPES)}.")
     if args.error_budget is not None:
@@ -100,6 +128,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"Unknown --device {args.device!r}; expected e.g. cpu or cuda.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch finds no CUDA device on this machine.")
+    if device.type == "meta":
+        raise ValueError("--device meta holds shapes but no numbers, so nothing can be scored "
+                         "on it; use --device cpu or cuda.")
+    if not 0 < args.dist_timeout < math.inf:
+        raise ValueError(f"--dist-timeout must be a positive number of seconds; got "
+                         f"{args.dist_timeout}.")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1; got {args.steps}.")
     if args.max_samples is not None and args.max_samples < 1:
@@ -171,9 +205,14 @@ def prune_and_write(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     outputs: Outputs = plan_outputs(args.output, args.report, force=args.force)
     model = load_model(args.model, weights=args.weights, trust=args.trust_model, paths=args.path)
+    if is_factory_spec(args.model) and args.weights is None and distributed.is_main_process():
+        print(f"ecprune prune: warning: no --weights for MODEL {args.model}: pruning the "
+              "factory's freshly initialised (untrained) weights.", file=sys.stderr)
     model = model.to(args.device)
     data = load_data(args.data, target_column=args.target_column,
                      max_samples=args.max_samples, seed=args.seed)
+    if args.neurons is not None:
+        return write_neurons(args, model, data, outputs, start)
     if args.pruner.needs_targets and data.targets is None:
         raise ValueError(f"--method {args.method} needs targets: store them under 'targets' in a "
                          ".pt/.npz file, or pick a CSV column with --target-column.")
@@ -195,6 +234,35 @@ def prune_and_write(args: argparse.Namespace) -> int:
         write_outputs(outputs, saved.cpu(), result, model_format=fmt, force=args.force)
         if not args.quiet:
             print(format_table(result))
+    return 0
+
+
+def write_neurons(args: argparse.Namespace, model: nn.Module, data: LoadedData,
+                  outputs: Outputs, start: float) -> int:
+    """``--neurons``: remove units (:func:`ecprune.prune_neurons`, one process), write the
+    smaller model as a whole module and the report, which holds the new widths."""
+    if distributed.is_distributed():
+        raise ValueError("--neurons runs in one process; run it without torchrun.")
+    check_fits(model, data, select_layers(model, args.layers))
+    try:
+        report = ecprune.prune_neurons(model, data.inputs, args.neurons, args.pruner,
+                                       args.scope, layers=args.layers, seed=args.seed,
+                                       chunk_size=args.chunk_size, add_bias=args.add_bias,
+                                       progress=False if args.quiet else None)
+    except ImportError as err:  # torch-pruning missing: one line, as every user error
+        raise ValueError(str(err)) from err
+    result = {"ecprune_version": ecprune.__version__,
+              "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "command": shlex.join(["ecprune", *args.argv]), "model": args.model,
+              "data": str(args.data), "samples": len(data.inputs),
+              "requested": {"neurons": args.neurons}, **report.to_dict(),
+              "total_seconds": time.perf_counter() - start,
+              "outputs": {"model": str(outputs.model), "model_format": "module",
+                          "report": str(outputs.report)}}
+    write_outputs(outputs, model.cpu(), result, model_format="module", force=args.force)
+    if not args.quiet:
+        print(f"{ecprune.structured.format_table(report)}\nwrote {outputs.model} (module), "
+              f"{outputs.report}")
     return 0
 
 
@@ -236,8 +304,14 @@ def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
     amount.add_argument("--error-budget", type=float, metavar="BUDGET",
                         help="remove as many weights as keep the predicted relative output "
                              "error sum(I) / E||y||^2 <= BUDGET (global scope)")
-    group.add_argument("--method", default="ecp",
-                       help=f"one of {', '.join(ecprune.METHODS)} (default: ecp)")
+    amount.add_argument("--neurons", type=float, metavar="F",
+                        help="remove this fraction of the hidden units instead "
+                             "(ecprune.prune_neurons): the output is a smaller dense model, "
+                             "saved whole, and the report holds its widths; --method "
+                             f"{', '.join(ecprune.NEURON_METHODS)} (default: ecp-refit)")
+    group.add_argument("--method",
+                       help=f"one of {', '.join(ecprune.METHODS)} (default: ecp; with "
+                            "--neurons: ecp-refit)")
     group.add_argument("--scope", default="global",
                        help="global (one ranking over all layers, default), layer or row")
     group.add_argument("--steps", type=int, default=1, metavar="K",

@@ -53,6 +53,11 @@ def building_for(caller: str) -> Iterator[None]:
         _CALLER.reset(token)
 
 
+def current_caller(default: str) -> str:
+    """The caller named by the enclosing :func:`building_for`, else ``default``."""
+    return _CALLER.get() or default
+
+
 @dataclass(frozen=True)
 class LayerImportance:
     """Per-weight ``score`` (higher = more important) and ``bias_shift`` (None: no compensation).
@@ -124,7 +129,7 @@ class Method:
     OPTIONS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
-        self.check(_CALLER.get() or type(self).__name__)
+        self.check(current_caller(type(self).__name__))
 
     def check(self, caller: str) -> None:
         """Validate the configuration; errors name ``caller``, the parameter and the value."""
