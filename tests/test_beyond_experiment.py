@@ -19,7 +19,7 @@ from ecprune.experiments.methods import MethodSpec, parse_label
 from ecprune.experiments.runner import run_experiment
 from ecprune.experiments.store import TIMING_FIELDS, CsvStore, ResultsStore, read_rows
 from ecprune.experiments.summary import cost_table, experiment_report
-from test_experiment_runner import tiny_split
+from tiny_experiment import tiny_split
 
 # The quick grid's labels on a network the tiny blobs fit, so the test takes seconds.
 TINY_BEYOND = replace(BEYOND_MNIST_QUICK, name="tiny-beyond", architectures=((5, 6, 4, 3),),
@@ -80,7 +80,7 @@ def test_killed_run_resumes_from_the_pruned_checkpoints(tmp_path, quick_run):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(TINY_BEYOND, tiny_split, out=tmp_path, progress=False,
                        on_rows=die_on_fifth)
-    assert list(tmp_path.glob("checkpoints/*/pruned-ecp-refit-0.9.pt"))
+    assert list(tmp_path.glob("checkpoints/**/pruned-ecp-refit-0.9.pt"))
     run_experiment(TINY_BEYOND, tiny_split, out=tmp_path, progress=False)
 
     def losses(path):

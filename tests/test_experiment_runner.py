@@ -6,39 +6,12 @@ import csv
 from dataclasses import replace
 
 import pytest
-import torch
 
 from ecprune.experiments import training
-from ecprune.experiments.config import (
-    ExperimentConfig,
-    reduced_widths,
-    weight_count,
-)
-from ecprune.experiments.job import Split
+from ecprune.experiments.config import reduced_widths, weight_count
 from ecprune.experiments.runner import run_experiment
 from ecprune.experiments.store import RESULT_FIELDS, CsvStore, ResultsStore, read_rows
-
-TINY = ExperimentConfig(
-    name="tiny", architectures=((5, 6, 4, 3),), methods=("ecp", "magnitude", "gradient"),
-    ratios=(0.5, 0.8), seeds=(0, 1), epochs=2, finetune_epochs=1, batch_size=16,
-    nonlinear_samples=8,
-)
-# Every column but the timing, which differs from run to run.
-COMPARED = [field for field in RESULT_FIELDS if field != "score_seconds"]
-
-
-def tiny_split(variant: str = "") -> Split:
-    """Three Gaussian blobs in 5-D: learnable within a few epochs."""
-    del variant
-    generator = torch.Generator().manual_seed(0)
-    centres = 2 * torch.randn(3, 5, generator=generator)
-    labels = torch.randint(0, 3, (120,), generator=generator)
-    x = centres[labels] + torch.randn(120, 5, generator=generator)
-    return Split(x[:80], labels[:80], x[80:], labels[80:])
-
-
-def table(path):
-    return sorted(tuple(row[f] for f in COMPARED) for row in read_rows(path))
+from tiny_experiment import TINY, table, tiny_split
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +85,7 @@ def test_kill_inside_finetuning_resumes_from_the_epoch_checkpoint(tmp_path, monk
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tiny_split, out=killed, progress=False)
-    assert len(list(killed.glob("checkpoints/*/finetune-*.pt"))) == 1
+    assert len(list(killed.glob("checkpoints/**/finetune-*.pt"))) == 1
     monkeypatch.setattr(training, "_save_checkpoint", save)
     run_experiment(config, tiny_split, out=killed, progress=False)
     assert table(killed / "tiny.csv") == table(straight.results)

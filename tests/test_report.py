@@ -9,7 +9,13 @@ import pytest
 from scipy import stats
 
 from ecprune.cli import main
-from ecprune.experiments.store import RESULT_FIELDS, ResultsStore, read_rows
+from ecprune.experiments.store import (
+    RESULT_FIELDS,
+    RESULT_NUMBERS,
+    ResultsStore,
+    read_checked,
+    read_rows,
+)
 from ecprune.experiments.summary import (
     cells,
     compare,
@@ -210,3 +216,57 @@ def test_error_rate_figure_replaces_the_accuracy_one(tmp_path):
     assert [p.name for p in paths] == ["toy_4-3-2_loss.png", "toy_4-3-2_error.png"]
     row = with_error_rate(TOY)[-1]
     assert float(row["test_error"]) == pytest.approx(1 - float(row["test_accuracy"]))
+
+
+def _report_error(capsys, path) -> str:
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_report_refuses_a_cell_twice_naming_the_key_the_file_and_the_lines(tmp_path, capsys):
+    store = ResultsStore(tmp_path / "toy.csv")
+    store.append(TOY)
+    store.append(TOY[3:4])  # a second run into the same folder wrote this cell again
+    err = _report_error(capsys, store.path)
+    assert f"{store.path}: lines 5 and {len(TOY) + 2} hold the same cell" in err
+    assert "arch=4-3-2, seed=3, method=dense, ratio=0, phase=dense" in err
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ([*TOY[:2], {**TOY[2], "test_loss": "abc"}], "line 4: test_loss is 'abc', not a number"),
+    ([*TOY[:1], {**TOY[1], "seed": "1.5"}], "line 3: seed is '1.5', not an integer"),
+    ([{**TOY[0], "test_loss": ""}], "line 2: test_loss is '', not a number"),
+])
+def test_report_names_the_file_and_line_of_a_bad_cell(tmp_path, capsys, content, message):
+    store = ResultsStore(tmp_path / "toy.csv")
+    store.append(content)
+    assert f"{store.path}, {message}." in _report_error(capsys, store.path)
+
+
+def test_report_refuses_binary_and_misshapen_files(tmp_path, capsys):
+    binary = tmp_path / "figure.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    assert f"{binary} is not a text CSV file: line 1 holds the byte 0x89" in \
+        _report_error(capsys, binary)
+    binary.write_bytes(",".join(RESULT_FIELDS).encode() + b"\n\x00\x01\n")
+    assert "line 2 holds a NUL byte" in _report_error(capsys, binary)
+    short = tmp_path / "short.csv"
+    short.write_text(",".join(RESULT_FIELDS) + "\ntoy,,4-3-2,0\n")
+    assert f"{short}, line 2: the number of fields is not the header's 13" in \
+        _report_error(capsys, short)
+
+
+def test_report_reads_past_a_torn_last_line_and_checks_the_timings(tmp_path, capsys):
+    store = ResultsStore(tmp_path / "toy.csv")
+    store.append(TOY)
+    with open(store.path, "a") as handle:
+        handle.write("toy,,4-3-2,0,ecp,0.9,prune,1,2,3,0.1")  # a kill inside an append
+    timings = tmp_path / "toy-timings.csv"
+    timings.write_text("experiment,variant,arch,seed,unit,networks,epochs,seconds\n"
+                       "toy,,4-3-2,0,score-ecp,1,0,fast\n")
+    assert f"{timings}, line 2: seconds is 'fast', not a number" in _report_error(capsys, store.path)
+    timings.unlink()
+    assert main(["report", str(store.path), "--out", str(tmp_path / "figs")]) == 0
+    assert len(read_checked(store.path, RESULT_FIELDS, RESULT_NUMBERS, unique=True)) == len(TOY)

@@ -79,3 +79,17 @@ def test_bake_masks_makes_pruned_weights_plain_parameters_in_place():
     for layer, expected in zip(model[::2], masked, strict=True):
         assert isinstance(layer.weight, nn.Parameter) and not hasattr(layer, "weight_mask")
         assert torch.equal(layer.weight.detach(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_without_a_csr_product_is_refused_at_export(dtype):
+    """CPU's CSR product (MKL) has no float16 or bfloat16 kernel: refused when converting,
+    naming the layer, instead of a NotImplementedError at the first forward."""
+    model = mlp([4, 6, 2], nn.ReLU, seed=0, dtype=dtype)
+    with pytest.raises(ValueError, match=rf"to_sparse: layer '0': SparseLinear cannot hold "
+                                         rf"{dtype} weights on cpu: PyTorch has no sparse CSR "
+                                         r"product for them \(.*\)\. Convert the model first"):
+        ecprune.to_sparse(model)
+    sparse = ecprune.to_sparse(model.float())
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(sparse(x), model.float()(x), **TOLERANCE[torch.float32])

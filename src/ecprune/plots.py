@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from .atomic import write_file
 from .experiments.summary import METRICS, Cell, Key, cells, phases, unique
 
 
@@ -125,11 +126,18 @@ def metric_figure(rows: list[dict[str, str]], *, arch: str, metric: str, path: s
     fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=columns, frameon=False)
     rows_of_legend = -(-len(legend) // columns)
     fig.tight_layout(rect=(0, 0.05 * rows_of_legend / len(variants), 1, 1))
+    return save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Write ``fig`` (format from the suffix) atomically, its folder created; close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    try:
+        return write_file(path, lambda handle: fig.savefig(handle, dpi=130,
+                                                           format=path.suffix[1:]))
+    finally:
+        plt.close(fig)
 
 
 def with_error_rate(rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -188,8 +196,4 @@ def snapshot_figure(rows: Sequence[SnapshotRow], *, columns: Sequence[int],
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.tight_layout(rect=(0, 0.06 / len(rows) + 0.02, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

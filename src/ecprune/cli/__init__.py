@@ -1,7 +1,8 @@
 """The ``ecprune`` command line: one module per subcommand, each with ``register(subparsers)``.
 
-Every expected failure (bad file, bad value, existing output) is reported as one line on stderr
-with exit code 2, never as a stack trace.
+Every expected failure (bad file, bad value, existing output, a results folder held by another
+run or of another configuration) is reported as one line on stderr with exit code 2, never as a
+stack trace.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import sys
 
 from ..distributed import RankFailure
+from ..experiments.lock import FolderBusy
 from . import info, prune, report, reproduce
 
 COMMANDS = (info, prune, reproduce, report)
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args) or 0
-    except (CliError, ValueError, TypeError, OSError, RankFailure) as err:
+    except (CliError, ValueError, TypeError, OSError, RankFailure, FolderBusy) as err:
         message = " ".join(str(err).split())  # one line, whatever the message
         print(f"ecprune {args.command}: error: {message}", file=sys.stderr)
         return 2

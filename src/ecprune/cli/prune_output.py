@@ -10,10 +10,7 @@ import argparse
 import datetime
 import json
 import math
-import os
 import shlex
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from torch import nn
 
 import ecprune
 
+from ..atomic import check_writable, write_files
 from .data_files import LoadedData
 
 
@@ -34,8 +32,8 @@ class Outputs:
 
 
 def plan_outputs(output: str, report: str | None, *, force: bool) -> Outputs:
-    """Output paths, checked before any work: their folder exists, and without ``force`` they
-    do not."""
+    """Output paths, checked before any work: their folder exists and takes new files, and
+    without ``force`` they do not exist."""
     model_path = Path(output)
     report_path = Path(report) if report else model_path.with_suffix(".json")
     if model_path.resolve() == report_path.resolve():
@@ -45,6 +43,7 @@ def plan_outputs(output: str, report: str | None, *, force: bool) -> Outputs:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"Cannot write {str(path)!r}: the folder "
                                     f"{str(path.parent)!r} does not exist.")
+        check_writable(path)
         if path.is_dir():
             raise ValueError(f"Cannot write {str(path)!r}: it is a folder.")
         if path.exists() and not force:
@@ -151,32 +150,14 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None], *, force: bool) -> None:
-    """Write through a temporary file in the same folder, then move it into place."""
-    if path.exists() and not force:
-        raise FileExistsError(f"The output file {str(path)!r} exists; pass --force to "
-                              "overwrite it.")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def write_outputs(outputs: Outputs, model: nn.Module, report: dict, *, model_format: str,
                   force: bool) -> None:
-    """Save the model (whole module or state dict) and the JSON report."""
+    """Save the model (whole module or state dict) and the JSON report, both or neither."""
+    for path in (outputs.model, outputs.report):
+        if path.exists() and not force:
+            raise FileExistsError(f"The output file {str(path)!r} exists; pass --force to "
+                                  "overwrite it.")
     payload = model if model_format == "module" else model.state_dict()
-    _atomic_write(outputs.model, lambda path: torch.save(payload, path), force=force)
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-    _atomic_write(outputs.report, lambda path: path.write_text(text), force=force)
+    write_files([(outputs.model, lambda handle: torch.save(payload, handle)),
+                 (outputs.report, lambda handle: handle.write(text.encode()))])

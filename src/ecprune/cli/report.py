@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..experiments.store import RESULT_FIELDS, read_rows
+from ..atomic import write_text
+from ..experiments.store import (
+    RESULT_FIELDS,
+    RESULT_NUMBERS,
+    TIMING_FIELDS,
+    TIMING_NUMBERS,
+    read_checked,
+)
 from .command import add_command
 
 EPILOG = """examples:
@@ -26,22 +33,21 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.results)
     if not path.is_file():
         raise FileNotFoundError(f"No results CSV at {path}; run `ecprune reproduce` first.")
-    rows = read_rows(path)
-    missing = [f for f in RESULT_FIELDS if rows and f not in rows[0]]
-    if not rows or missing:
-        raise ValueError(f"{path} holds no result rows" + (f" (missing columns {missing})"
-                                                          if missing else "")
-                         + "; expected a CSV written by `ecprune reproduce`.")
-    out = Path(args.out) if args.out else path.parent
-    figures = experiment_figures(rows, out, error_rate=args.error_rate)
+    rows = read_checked(path, RESULT_FIELDS, RESULT_NUMBERS, unique=True)
+    if not rows:
+        raise ValueError(f"{path} holds no result rows; expected a CSV written by "
+                         "`ecprune reproduce`.")
+    timings_path = path.with_name(f"{path.stem}-timings.csv")
+    timings = (read_checked(timings_path, TIMING_FIELDS, TIMING_NUMBERS)
+               if timings_path.is_file() else [])
     pairs = [tuple(pair) for pair in args.compare or []]
     unknown = sorted({m for pair in pairs for m in pair} - {row["method"] for row in rows})
     if unknown:
         raise ValueError(f"--compare: no rows of method(s) {unknown} in {path}.")
-    summary = experiment_report(rows, read_rows(path.with_name(f"{path.stem}-timings.csv")),
-                                pairs)
-    summary_path = out / f"{path.stem}_summary.md"
-    summary_path.write_text(summary)
+    out = Path(args.out) if args.out else path.parent
+    figures = experiment_figures(rows, out, error_rate=args.error_rate)
+    summary = experiment_report(rows, timings, pairs)
+    summary_path = write_text(out / f"{path.stem}_summary.md", summary)
     print(summary)
     for figure in [*figures, summary_path]:
         print(f"wrote {figure}")

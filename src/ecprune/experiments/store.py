@@ -1,19 +1,20 @@
 """A tidy CSV of results, appended and flushed as each cell finishes, safe to resume.
 
-One row per (experiment, variant, arch, seed, method, ratio, phase). Appends take an exclusive
-``flock``, so several worker processes can share one file, and each append is flushed and
-fsynced: a killed run leaves every finished row on disk. A half-written last line (the kill
-landed inside a write) is cut off the next time the file is opened.
+One row per (experiment, variant, arch, seed, method, ratio, phase). Appends go through
+:func:`ecprune.atomic.locked_append`: an exclusive ``flock``, so several worker processes can
+share one file, and each append flushed and fsynced, so a killed run leaves every finished row on
+disk. A half-written last line (the kill landed inside a write) is cut off by the next append,
+and every reader here ignores it.
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from ..atomic import locked_append
 
 RESULT_FIELDS = ("experiment", "variant", "arch", "seed", "method", "ratio", "phase", "kept",
                  "total", "epochs", "test_loss", "test_accuracy", "score_seconds")
@@ -21,6 +22,12 @@ KEY_FIELDS = ("experiment", "variant", "arch", "seed", "method", "ratio", "phase
 TIMING_FIELDS = ("experiment", "variant", "arch", "seed", "unit", "networks", "epochs",
                  "seconds")
 PHASES = ("dense", "prune", "finetune")
+# Columns that hold numbers; those of REQUIRED never empty (a regression has no accuracy, a dense
+# row no scoring time).
+RESULT_NUMBERS = {"seed": int, "ratio": float, "kept": int, "total": int, "epochs": int,
+                  "test_loss": float, "test_accuracy": float, "score_seconds": float}
+TIMING_NUMBERS = {"seed": int, "networks": int, "epochs": int, "seconds": float}
+REQUIRED = ("seed", "ratio", "test_loss", "seconds")
 
 
 def format_ratio(ratio: float) -> str:
@@ -41,25 +48,17 @@ class CsvStore:
         self.path = Path(path)
         self.fields = tuple(fields)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked() as handle:
-            self._repair(handle)
+        with locked_append(self.path) as handle:
+            self._check_header(handle)
 
-    def _locked(self):
-        handle = open(self.path, "a+", newline="")  # noqa: SIM115 - closed by the caller's with
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        return handle
-
-    def _repair(self, handle: io.TextIOBase) -> None:
-        handle.seek(0)
-        text = handle.read()
-        if not text:
+    def _check_header(self, handle: io.BufferedRandom) -> None:
+        if handle.tell() == 0:
             return
-        header = next(csv.reader(text.splitlines()[:1]))
+        handle.seek(0)
+        header = next(csv.reader([handle.readline().decode(errors="replace")]), [])
         if tuple(header) != self.fields:
             raise ValueError(f"{self.path} has the columns {header}, not {list(self.fields)}; "
                              "write to another --out directory.")
-        if not text.endswith("\n"):
-            handle.truncate(text.rfind("\n") + 1)
 
     def append(self, rows: Iterable[dict]) -> None:
         """Write ``rows`` (dicts with the store's fields) at the end, then flush and fsync."""
@@ -67,17 +66,19 @@ class CsvStore:
         writer = csv.DictWriter(buffer, fieldnames=self.fields, lineterminator="\n")
         for row in rows:
             writer.writerow({field: row.get(field, "") for field in self.fields})
-        with self._locked() as handle:
-            handle.seek(0, os.SEEK_END)
+        with locked_append(self.path) as handle:
             if handle.tell() == 0:
-                handle.write(",".join(self.fields) + "\n")
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
+                handle.write((",".join(self.fields) + "\n").encode())
+            handle.write(buffer.getvalue().encode())
 
     def rows(self) -> list[dict[str, str]]:
         """Every row, as strings."""
         return read_rows(self.path)
+
+
+def complete_text(text: str) -> str:
+    """``text`` up to its last newline: a torn last line, cut by a kill, is left out."""
+    return text[: text.rfind("\n") + 1]
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
@@ -85,8 +86,8 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, newline="") as handle:
-        return [row for row in csv.DictReader(handle) if None not in row.values()]
+    return [row for row in csv.DictReader(io.StringIO(_text(path), newline=""))
+            if None not in row.values()]
 
 
 class ResultsStore(CsvStore):
@@ -98,3 +99,60 @@ class ResultsStore(CsvStore):
     def done(self) -> set[tuple[str, ...]]:
         """Keys of the finished cells."""
         return {row_key(row) for row in self.rows()}
+
+
+def _text(path: Path) -> str:
+    """The complete lines of ``path``; ValueError naming the line of a byte that is no text."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path} is not a text CSV file: line {line} holds the byte "
+                         f"{raw[err.start]:#04x}, which is not UTF-8.") from None
+    if "\0" in text:
+        line = text[:text.index("\0")].count("\n") + 1
+        raise ValueError(f"{path} is not a text CSV file: line {line} holds a NUL byte.")
+    return complete_text(text)
+
+
+def _check_numbers(row: dict[str, str], numbers: dict[str, type], where: str) -> None:
+    for name, kind in numbers.items():
+        value = row[name]
+        if value == "" and name not in REQUIRED:
+            continue
+        try:
+            kind(value)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"{where}: {name} is {value!r}, not {what}.") from None
+
+
+def read_checked(path: str | Path, fields: Sequence[str], numbers: dict[str, type], *,
+                 unique: bool = False) -> list[dict[str, str]]:
+    """The rows of a CSV written by ``ecprune reproduce``, checked: ValueError naming the file
+    (and the line) when it is not text, lacks one of ``fields``, has a row of the wrong length
+    or a cell of ``numbers`` that is not one, or (``unique``) holds a cell's key twice."""
+    path = Path(path)
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    missing = [field for field in fields if field not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}; expected a CSV written by "
+                         "`ecprune reproduce`.")
+    rows, seen = [], {}
+    for row in reader:
+        where = f"{path}, line {reader.line_num}"
+        if None in row or None in row.values():
+            raise ValueError(f"{where}: the number of fields is not the header's "
+                             f"{len(reader.fieldnames)}.")
+        _check_numbers(row, {k: v for k, v in numbers.items() if k in fields}, where)
+        if unique:
+            key = row_key(row)
+            if key in seen:
+                cell = ", ".join(f"{k}={v}" for k, v in zip(KEY_FIELDS, key, strict=True))
+                raise ValueError(f"{path}: lines {seen[key]} and {reader.line_num} hold the same "
+                                 f"cell ({cell}); a results CSV holds each cell once (did two "
+                                 "runs write into one folder?). Delete the duplicate lines.")
+            seen[key] = reader.line_num
+        rows.append(row)
+    return rows

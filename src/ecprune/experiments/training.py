@@ -10,6 +10,7 @@ permutation of the seeded generator, so nothing else needs saving).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import checkpoints
 from .stacked import StackedMLP, stacked_losses
 
 # Samples per evaluation chunk: bounds the (K, chunk, width) activations.
@@ -53,20 +55,30 @@ def _optimizer(model: StackedMLP, lr: float) -> torch.optim.Adam:
 
 def _load_checkpoint(model: StackedMLP, optimizer: torch.optim.Optimizer,
                      checkpoint: Path | None) -> int:
-    if checkpoint is None or not checkpoint.is_file():
+    """The epochs a checkpoint holds, loaded into ``model`` and ``optimizer``; 0 (both
+    untouched) without one or when it is damaged."""
+    if checkpoint is None:
         return 0
-    state = torch.load(checkpoint, map_location=model.weights[0].device, weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"])
+
+    def restore(state: dict) -> int:
+        epoch = int(state["epoch"])
+        initial = copy.deepcopy(model.state_dict())
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])  # checks before it changes anything
+        except checkpoints.DAMAGED:
+            model.load_state_dict(initial)
+            raise
+        return epoch
+
+    done = checkpoints.load(checkpoint, restore, map_location=model.weights[0].device)
+    return 0 if done is None else done
 
 
 def _save_checkpoint(model: StackedMLP, optimizer: torch.optim.Optimizer, epoch: int,
                      checkpoint: Path) -> None:
-    partial = checkpoint.with_suffix(".partial")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch}, partial)
-    partial.replace(checkpoint)
+    checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "epoch": epoch}, checkpoint)
 
 
 def train(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,

@@ -27,6 +27,19 @@ def _to_csr(weight: torch.Tensor) -> torch.Tensor:
         return weight.detach().to_sparse_csr()
 
 
+def _check_product(weight: torch.Tensor) -> None:
+    """ValueError unless PyTorch has the CSR product for ``weight``'s dtype and device (on CPU,
+    its MKL kernel has none for float16 or bfloat16): tried once on one zero column."""
+    column = torch.zeros(weight.shape[1], 1, dtype=weight.dtype, device=weight.device)
+    try:
+        torch.sparse.mm(weight, column)
+    except (NotImplementedError, RuntimeError) as err:
+        reason = " ".join(str(err).split()).split(". ")[0]
+        raise ValueError(f"SparseLinear cannot hold {weight.dtype} weights on "
+                         f"{weight.device.type}: PyTorch has no sparse CSR product for them "
+                         f"({reason}). Convert the model first, e.g. model.float().") from None
+
+
 class SparseLinear(nn.Module):
     """``y = x W^T + b`` with ``W`` (out_features, in_features) stored in CSR format.
 
@@ -46,7 +59,9 @@ class SparseLinear(nn.Module):
         if weight.ndim != 2:
             raise ValueError(f"SparseLinear needs a 2-D weight; got shape {tuple(weight.shape)}.")
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight", _to_csr(weight))
+        csr = _to_csr(weight)
+        _check_product(csr)
+        self.register_buffer("weight", csr)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @classmethod
@@ -102,5 +117,8 @@ def to_sparse(model: nn.Module, *, min_sparsity: float = 0.0) -> nn.Module:
         linear = result.get_submodule(name)
         zeros = (linear.weight == 0).sum().item() / max(1, linear.weight.numel())
         if zeros >= min_sparsity:
-            result.set_submodule(name, SparseLinear.from_linear(linear))
+            try:
+                result.set_submodule(name, SparseLinear.from_linear(linear))
+            except ValueError as err:
+                raise ValueError(f"to_sparse: layer {name!r}: {err}") from None
     return result

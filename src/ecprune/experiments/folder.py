@@ -1,0 +1,194 @@
+"""What a results folder's numbers depend on, stored next to them in ``OUT/<name>-config.json``.
+
+A cell of ``OUT/<name>.csv`` is its row key (experiment, variant, arch, seed, method, ratio,
+phase) within the folder's configuration: the version of the experiment protocol
+(:data:`PROTOCOL_VERSION`), the training and pruning settings (epochs, fine-tuning epochs, batch
+size, loss, learning rate and decay, the non-linear baseline's samples), every method label's
+full configuration (its options and their defaults) and a SHA-256 of each variant's data. The
+grid (architectures, seeds, ratios, methods, variants) is not part of it: a run may add seeds,
+ratios, methods or variants to a folder, and the file then records the new labels and data too.
+
+A run whose configuration differs from its folder's is refused with :class:`ConfigMismatch`,
+unless it starts anew (``new=True``, ``ecprune reproduce --new``): :func:`set_aside` first moves
+the experiment's files to ``OUT/replaced/<name>-<time>/``. A CSV without a configuration file
+(written before there was one, e.g. ``docs/results``) adopts the run's configuration, with a
+notice, once its ``epochs`` column agrees with the run's. Checkpoints of unfinished jobs live in
+``OUT/checkpoints/<name>/<key>/``, ``key`` a digest of the configuration and the variant's data
+(:meth:`FolderConfig.job_key`), so no run ever loads another configuration's checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..atomic import write_text
+from .config import ExperimentConfig
+from .job import Split
+from .methods import parse_label
+
+# Bump when a change to the experiment code (job.py, training.py, stacked.py) changes what
+# numbers a cell gets: every folder written before is then refused rather than extended.
+PROTOCOL_VERSION = 1
+SETTINGS = ("epochs", "finetune_epochs", "batch_size", "loss", "lr", "lr_decay",
+            "nonlinear_samples")
+LOG = logging.getLogger("ecprune.experiments")
+
+
+class ConfigMismatch(ValueError):
+    """The results folder holds results of another configuration."""
+
+
+def config_path(out: Path, name: str) -> Path:
+    """``OUT/<name>-config.json``."""
+    return out / f"{name}-config.json"
+
+
+def data_digest(split: Split) -> str:
+    """SHA-256 of the dtype, shape and bytes of the four tensors of ``split``."""
+    digest = hashlib.sha256()
+    for tensor in (split.x_train, split.y_train, split.x_test, split.y_test):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _method_configs(config: ExperimentConfig) -> dict[str, str]:
+    shared = {"loss": config.loss, "nonlinear_samples": config.nonlinear_samples}
+    return {label: f"{spec.pruner(**shared)!r}, steps={spec.steps}"
+            for label, spec in ((label, parse_label(label)) for label in config.methods)}
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    """The content of ``OUT/<name>-config.json``: see the module docstring."""
+
+    experiment: str
+    protocol: int
+    settings: dict[str, object]
+    methods: dict[str, str]
+    data: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: ExperimentConfig, data: dict[str, str] | None = None) -> FolderConfig:
+        """The configuration of a run of ``config`` (``data``: variant -> :func:`data_digest`)."""
+        settings = json.loads(json.dumps({name: getattr(config, name) for name in SETTINGS}))
+        return cls(config.name, PROTOCOL_VERSION, settings, _method_configs(config),
+                   dict(data or {}))
+
+    @classmethod
+    def read(cls, path: Path) -> FolderConfig | None:
+        """The stored configuration; None when there is no file."""
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path} is not a configuration file written by ecprune ({err}); "
+                             "move it away, or pass --new to start anew.") from None
+
+    def write(self, path: Path) -> None:
+        write_text(path, json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+
+    def differences(self, other: FolderConfig) -> list[str]:
+        """``"what: <self's> there, <other's> here"`` for everything that disagrees; labels and
+        variants count only where both have them."""
+        pairs = [("experiment", self.experiment, other.experiment),
+                 ("protocol version", self.protocol, other.protocol)]
+        pairs += [(name, self.settings.get(name), other.settings.get(name))
+                  for name in sorted(set(self.settings) | set(other.settings))]
+        pairs += [(f"method {label!r}", self.methods[label], other.methods[label])
+                  for label in self.methods.keys() & other.methods.keys()]
+        pairs += [(f"data of variant {variant!r}", self.data[variant], other.data[variant])
+                  for variant in self.data.keys() & other.data.keys()]
+        return [f"{what}: {mine} there, {theirs} here" for what, mine, theirs in pairs
+                if mine != theirs]
+
+    def merged(self, other: FolderConfig) -> FolderConfig:
+        """This configuration with ``other``'s method labels and variants added."""
+        return replace(self, methods={**self.methods, **other.methods},
+                       data={**self.data, **other.data})
+
+    def job_key(self, variant: str) -> str:
+        """Digest naming the checkpoints of a job of ``variant`` under this configuration."""
+        identity = {**asdict(self), "data": self.data[variant]}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _expected_epochs(config: ExperimentConfig, phase: str) -> int:
+    # Fine-tuned networks and the width-reduced baselines both train epochs + finetune_epochs.
+    return config.baseline_epochs if phase == "finetune" else config.epochs
+
+
+def check_rows(config: ExperimentConfig, rows: list[dict[str, str]], csv_path: Path) -> None:
+    """ConfigMismatch when a row's experiment or ``epochs`` column disagrees with ``config``."""
+    for line, row in enumerate(rows, 2):
+        expected = (config.name, str(_expected_epochs(config, row["phase"])))
+        if (row["experiment"], row["epochs"]) != expected:
+            raise ConfigMismatch(
+                f"{csv_path} holds results of another configuration: line {line} "
+                f"({row['method']}, {row['phase']}) is experiment {row['experiment']!r} trained "
+                f"for {row['epochs']} epochs, this run is {expected[0]!r} and trains "
+                f"{expected[1]}. {_remedy(csv_path.parent)}")
+
+
+def _remedy(out: Path) -> str:
+    return ("Rerun with the folder's settings (with or without --quick, as before), write to "
+            f"another --out, or pass --new to move the old results to {out / 'replaced'} and "
+            "start anew.")
+
+
+def check(stored: FolderConfig | None, current: FolderConfig, *, out: Path,
+          rows: list[dict[str, str]], config: ExperimentConfig) -> None:
+    """ConfigMismatch unless a run of ``current`` may extend the folder; see the module
+    docstring. Without a stored configuration, existing ``rows`` must agree with ``config``."""
+    csv_path = out / f"{config.name}.csv"
+    if stored is None:
+        check_rows(config, rows, csv_path)
+        return
+    differences = stored.differences(current)
+    if differences:
+        raise ConfigMismatch(
+            f"{csv_path} holds results of another configuration "
+            f"({config_path(out, config.name)}): {'; '.join(differences)}. {_remedy(out)}")
+
+
+def update(out: Path, stored: FolderConfig | None, current: FolderConfig, *,
+           rows: list[dict[str, str]]) -> None:
+    """Write the folder's configuration with this run's labels and variants added."""
+    path = config_path(out, current.experiment)
+    if stored is None and rows:
+        LOG.warning("ecprune: %s has no %s; adopting this run's configuration for its %d rows "
+                    "(their epochs agree with it).", out / f"{current.experiment}.csv",
+                    path.name, len(rows))
+    merged = current if stored is None else stored.merged(current)
+    if merged != stored:
+        merged.write(path)
+
+
+def set_aside(out: Path, name: str) -> Path | None:
+    """Move experiment ``name``'s results, timings, configuration and checkpoints to
+    ``OUT/replaced/<name>-<UTC time>/``; returns that folder (None: nothing to move)."""
+    found = [path for path in (out / f"{name}.csv", out / f"{name}-timings.csv",
+                               config_path(out, name), out / "checkpoints" / name)
+             if path.exists()]
+    if not found:
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = out / "replaced" / f"{name}-{stamp}"
+    suffix = 1
+    while target.exists():
+        target, suffix = out / "replaced" / f"{name}-{stamp}-{suffix}", suffix + 1
+    target.mkdir(parents=True)
+    for path in found:
+        shutil.move(path, target / path.name)
+    LOG.warning("ecprune: --new: moved the previous %s results to %s.", name, target)
+    return target

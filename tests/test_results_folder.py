@@ -1,0 +1,157 @@
+"""A results folder survives kills, refuses other configurations and admits one run at a time
+(docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ecprune.cli import main
+from ecprune.experiments.folder import ConfigMismatch, FolderConfig, config_path, data_digest
+from ecprune.experiments.job import Job
+from ecprune.experiments.lock import LOCK_NAME, FolderLock
+from ecprune.experiments.mnist import MNIST, MNIST_QUICK
+from ecprune.experiments.runner import run_experiment
+from ecprune.experiments.store import read_rows
+from tiny_experiment import TINY, table, tiny_split
+
+DRIVER = Path(__file__).with_name("reproduce_driver.py")
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+ONE_SEED = replace(TINY, seeds=(0,))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of ONE_SEED."""
+    out = tmp_path_factory.mktemp("reference")
+    run_experiment(ONE_SEED, tiny_split, out=out, progress=False)
+    return out
+
+
+@pytest.fixture
+def finished(tmp_path, reference):
+    """A copy of the reference folder."""
+    return shutil.copytree(reference, tmp_path / "finished")
+
+
+def no_data(variant):
+    raise AssertionError(f"a finished grid loaded the data of {variant!r}")
+
+
+def test_kill_9_inside_a_checkpoint_write_then_resume(tmp_path, reference, caplog):
+    """SIGKILL halfway through writing magnitude's scores, then ecp's checkpoint damaged (as a
+    kill left it before writes were atomic), then the same run again: it completes, says what
+    it discarded, and its rows are the uninterrupted run's."""
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, str(DRIVER), str(out), "scores-magnitude"],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not list(out.glob("checkpoints/**/scores-magnitude.pt"))  # only a partial file
+    (ecp,) = out.glob("checkpoints/**/scores-ecp.pt")
+    ecp.write_bytes(b"")
+    partial = len(read_rows(out / "tiny.csv"))
+    with caplog.at_level(logging.WARNING, logger="ecprune"):
+        resumed = run_experiment(ONE_SEED, tiny_split, out=out, progress=False)
+    assert f"discarding the damaged checkpoint {ecp} " in caplog.text
+    assert partial > 0 and resumed.computed == resumed.cells - partial
+    assert table(out / "tiny.csv") == table(reference / "tiny.csv")
+    assert not (out / "checkpoints").exists()
+
+
+def test_a_damaged_training_checkpoint_is_retrained(tmp_path, reference, caplog):
+    key = FolderConfig.of(ONE_SEED, {"": data_digest(tiny_split())}).job_key("")
+    folder = tmp_path / "checkpoints" / "tiny" / key / Job("", (5, 6, 4, 3), 0).slug
+    folder.mkdir(parents=True)
+    (folder / "dense-training.pt").write_bytes(b"PK\x03\x04 cut short")
+    with caplog.at_level(logging.WARNING, logger="ecprune"):
+        run_experiment(ONE_SEED, tiny_split, out=tmp_path, progress=False)
+    assert "discarding the damaged checkpoint" in caplog.text and "dense-training.pt" in caplog.text
+    assert table(tmp_path / "tiny.csv") == table(reference / "tiny.csv")
+
+
+def test_other_settings_are_refused_and_new_moves_the_old_results_aside(finished, caplog):
+    before = (finished / "tiny.csv").read_text()
+    three = replace(ONE_SEED, epochs=3)
+    with pytest.raises(ConfigMismatch, match=r"epochs: 2 there, 3 here\..* pass --new"):
+        run_experiment(three, no_data, out=finished, progress=False)
+    assert (finished / "tiny.csv").read_text() == before
+    with caplog.at_level(logging.WARNING, logger="ecprune"):
+        run_experiment(three, tiny_split, out=finished, progress=False, new=True)
+    (aside,) = (finished / "replaced").iterdir()
+    assert "moved the previous tiny results to" in caplog.text and str(aside) in caplog.text
+    assert (aside / "tiny.csv").read_text() == before
+    assert {row["epochs"] for row in read_rows(finished / "tiny.csv")} == {"3", "4"}
+    assert FolderConfig.read(config_path(finished, "tiny")).settings["epochs"] == 3
+
+
+def test_a_folder_takes_more_seeds_and_methods_but_not_other_ones(finished):
+    more = replace(TINY, seeds=(1,), methods=("ecp", "random"))
+    report = run_experiment(more, tiny_split, out=finished, progress=False)
+    assert report.computed == report.cells
+    stored = FolderConfig.read(config_path(finished, "tiny"))
+    assert sorted(stored.methods) == ["ecp", "gradient", "magnitude", "random"]
+    assert list(stored.data) == [""]
+    changed = json.loads(config_path(finished, "tiny").read_text())
+    changed["methods"]["ecp"] = "ECP(sensitivity='exact', probes=None), steps=1"
+    changed["data"][""] = "sha256:0"
+    config_path(finished, "tiny").write_text(json.dumps(changed))
+    with pytest.raises(ConfigMismatch, match=r"method 'ecp': ECP\(sensitivity='exact'.* there"):
+        run_experiment(ONE_SEED, no_data, out=finished, progress=False)
+    changed["methods"]["ecp"] = stored.methods["ecp"]
+    config_path(finished, "tiny").write_text(json.dumps(changed))
+    with pytest.raises(ConfigMismatch, match=r"data of variant '': sha256:0 there, sha256:"):
+        run_experiment(replace(ONE_SEED, seeds=(2,)), tiny_split, out=finished, progress=False)
+
+
+def test_quick_settings_in_a_full_run_folder_exit_2(tmp_path, capsys):
+    FolderConfig.of(MNIST_QUICK).write(config_path(tmp_path, "mnist"))
+    assert main(["reproduce", "mnist", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "epochs: 2 there, 15 here" in err and "pass --new" in err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    assert "--new" in capsys.readouterr().out
+
+
+def test_the_committed_results_adopt_their_configuration(tmp_path, caplog):
+    for name in ("mnist.csv", "mnist-timings.csv"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    with caplog.at_level(logging.WARNING, logger="ecprune"):
+        report = run_experiment(MNIST, no_data, out=tmp_path, progress=False)
+    assert report.computed == 0 and report.cells == 1510
+    assert "has no mnist-config.json; adopting this run's configuration" in caplog.text
+    assert FolderConfig.read(config_path(tmp_path, "mnist")) == FolderConfig.of(MNIST)
+
+
+def test_a_csv_without_configuration_of_other_epochs_is_refused(finished):
+    config_path(finished, "tiny").unlink()
+    with pytest.raises(ConfigMismatch, match=r"line 2 \(dense, dense\) is experiment 'tiny' "
+                                             r"trained for 2 epochs, this run .* trains 3"):
+        run_experiment(replace(ONE_SEED, epochs=3), no_data, out=finished, progress=False)
+
+
+def test_a_second_run_into_a_held_folder_exits_2_naming_the_holder(tmp_path, capsys):
+    with FolderLock(tmp_path, command="ecprune reproduce tiny"):
+        assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path)]) == 2
+        assert [p.name for p in tmp_path.iterdir()] == [LOCK_NAME]
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is in use by pid" in err
+    assert f"pid {os.getpid()} on {socket.gethostname()}, started 20" in err
+    assert "(ecprune reproduce tiny)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_lock_file_of_a_killed_run_does_not_block(finished):
+    (finished / LOCK_NAME).write_text('{"pid": 1, "host": "gone"}\n')
+    assert run_experiment(ONE_SEED, no_data, out=finished, progress=False).computed == 0
+    assert not (finished / LOCK_NAME).exists()
