@@ -68,3 +68,9 @@ def test_the_pruned_model_has_the_flags_effect_not_a_default(work):
     for got, want in zip(linear_weights(pruned), linear_weights(expected), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
     assert isinstance(pruned, nn.Module)
+
+
+def test_a_sparsity_that_empties_a_layer_warns(work, capsys):
+    assert run("model.pt", "inputs.npy", "--trust-model", "--sparsity", 0.99, "-o", "out.pt",
+               "--quiet") == 0
+    assert "warning: every weight of layer(s)" in capsys.readouterr().err

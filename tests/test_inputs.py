@@ -208,3 +208,18 @@ def test_a_layer_the_gradient_cannot_reach_is_refused_and_a_dead_layer_is_not():
         dead[0].bias.fill_(-100.0)  # every hidden unit inactive on the data: zero, not blind
     report = ecprune.prune(dead, x, 0.5, layers=["0"])
     assert report.predicted_error == 0
+
+
+def test_sparse_data_nan_outputs_and_out_of_range_classes_are_clear_errors(tiny):
+    model, x = tiny
+    with pytest.raises(TypeError, match=r"must be a dense tensor; got one with layout "
+                                        r"torch.sparse_coo. Convert it first"):
+        ecprune.importance(model, x.to_sparse())
+    exploding = nn.Sequential(nn.Linear(3, 2), nn.Softplus()).double()
+    with torch.no_grad():
+        exploding[0].weight.fill_(1e300)
+    with pytest.raises(ValueError, match=r"output is NaN or infinite on the data"):
+        ecprune.importance(exploding, x)
+    with pytest.raises(ValueError, match=r"got class targets from 0 to 4, but the model has 2 "
+                                         r"outputs; expected classes 0 to 1"):
+        ecprune.importance(model, TensorDataset(x, torch.arange(len(x)) % 5), "gradient")

@@ -8,6 +8,7 @@ stack trace.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..distributed import RankFailure
@@ -50,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ValueError, TypeError, OSError, RankFailure, FolderBusy) as err:
         message = " ".join(str(err).split())  # one line, whatever the message
         print(f"ecprune {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            raise
+        # Under torchrun a rank that died leaves the others a backend error (gloo: "Connection
+        # closed by peer"): one line, as every user-facing failure.
+        message = " ".join(str(err).split())[:300]
+        print(f"ecprune {args.command}: error: another rank failed or died during the "
+              f"collective ({message})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ecprune {args.command}: interrupted", file=sys.stderr)

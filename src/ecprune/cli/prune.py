@@ -167,6 +167,10 @@ def prune_model(model: nn.Module, data: LoadedData, args: argparse.Namespace) ->
         report = ecprune.prune_by_importance(model, scores, sparsity, args.scope,
                                              add_bias=args.add_bias)
     ecprune.bake_masks(model)
+    empty = [name for name, layer in report.layers.items() if layer.kept == 0]
+    if empty and distributed.is_main_process():
+        print(f"ecprune prune: warning: every weight of layer(s) {empty} was removed; the model "
+              "no longer depends on what feeds them.", file=sys.stderr)
     pruning = time.perf_counter() - start - scoring
     measured = ecprune.output_error(dense, model, data.inputs, chunk_size=args.chunk_size,
                                     progress=options["progress"])

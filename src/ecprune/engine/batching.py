@@ -26,8 +26,15 @@ class Batch:
     start: int = 0
 
 
+def _check_dense(value: torch.Tensor, what: str) -> None:
+    if value.layout != torch.strided:
+        raise TypeError(f"Each {what} must be a dense tensor; got one with layout "
+                        f"{value.layout}. Convert it first, e.g. inputs.to_dense().")
+
+
 def _as_tensor(value: object, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
+        _check_dense(value, what)
         return value
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value)
@@ -43,6 +50,9 @@ def _raw_batches(data: object, chunk_size: int, rank: int,
     Arrays and datasets are split into contiguous blocks, one per rank; other iterables are
     dealt out batch by batch (batch ``k`` goes to rank ``k % world_size``).
     """
+    for tensor in data.tensors if isinstance(data, TensorDataset) else [data]:
+        if isinstance(tensor, torch.Tensor):
+            _check_dense(tensor, "tensor of data")
     if isinstance(data, TensorDataset):
         inputs, *rest = data.tensors
         lo, hi = shard_range(len(inputs), rank, world_size)

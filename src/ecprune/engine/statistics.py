@@ -20,6 +20,7 @@ Sums are kept in float64 whatever the model's dtype. Memory is O(|W| + chunk x w
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -366,6 +367,9 @@ def collect_statistics(
     stats = distributed.run_on_every_rank(run).finish()
     if stats.count == 0:
         raise ValueError("The 'data' parameter holds no samples; expected at least one input.")
+    if not math.isfinite(stats.output_sq_sum):
+        raise ValueError("The model's output is NaN or infinite on the data, so no output error "
+                         "can be measured; check the model and the data (e.g. its scale).")
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -90,6 +90,12 @@ class Gradient(Method):
                     f"Method {self.label!r} needs targets: pass data as (inputs, targets) "
                     "batches, e.g. a TensorDataset(inputs, targets) or a DataLoader over one."
                 )
+            if not target.is_floating_point() and target.numel() and (
+                    int(target.min()) < 0 or int(target.max()) >= output.shape[-1]):
+                raise ValueError(
+                    f"Method {self.label!r} got class targets from {int(target.min())} to "
+                    f"{int(target.max())}, but the model has {output.shape[-1]} outputs; "
+                    f"expected classes 0 to {output.shape[-1] - 1} (or float targets for mse).")
             return loss(output, target)
 
         return with_targets
