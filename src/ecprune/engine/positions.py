@@ -38,12 +38,11 @@ POSITIONS = ("auto", "exact", "independent")
 
 def layouts(model: nn.Module, layers: dict[str, nn.Linear], sample: torch.Tensor,
             output_fn: Callable | None) -> dict[str, bool]:
-    """For each layer, whether it has one row per sample: on the chunk ``sample`` and on one
-    sample of it (or that sample twice), it is called once, on a 2-D input with as many rows as
-    samples."""
-    other = sample[:1] if len(sample) > 1 else torch.cat([sample, sample])
+    """For each layer, whether it has one row per sample: on two samples of the chunk
+    ``sample`` (or its one sample twice) and on one, it is called once, on a 2-D input with as
+    many rows as samples."""
     shapes = {}
-    for inputs in (sample, other):
+    for inputs in (sample[:2] if len(sample) > 1 else torch.cat([sample, sample]), sample[:1]):
         with torch.no_grad(), LayerTape(layers, differentiable=False) as tape:
             forward(model, inputs, output_fn)
         shapes[len(inputs)] = {name: [tuple(a.shape) for a, _ in tape.calls.get(name, [])]

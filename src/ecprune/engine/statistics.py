@@ -382,8 +382,11 @@ def _per_sample_engine(model: nn.Module, layers: dict[str, nn.Linear], first: Ba
     if not request.sensitivity or first is None:
         return None
     with eval_mode(model):
-        if request.positions == "auto" and all(
-                layouts(model, layers, first.inputs, output_fn).values()):
+        try:
+            one_row = all(layouts(model, layers, first.inputs, output_fn).values())
+        except ValueError:
+            return None  # the model fails on the data: the pass itself says how, on the chunk
+        if request.positions == "auto" and one_row:
             return None
         blocks = sample_blocks(model, layers, first.inputs, output_fn)
         if blocks is not None:
