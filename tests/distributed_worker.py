@@ -84,6 +84,11 @@ def main() -> None:
     if scenario == "die" and rank == 1:
         os._exit(3)
     try:
+        if scenario.startswith("mismatch"):  # the ranks disagree: both must fail, clearly
+            if scenario == "mismatch-data" and rank == 1:
+                data = torch.utils.data.TensorDataset(*(t[:-3] for t in data.tensors))
+            ecprune.prune(model, data, 0.5 + (0.1 * rank if scenario == "mismatch-sparsity"
+                                              else 0.0))
         torch.save(results(model, data, scenario), os.path.join(out_dir, f"rank{rank}.pt"))
     except Exception as err:
         print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr)

@@ -70,6 +70,15 @@ def test_a_failing_rank_fails_every_rank_with_a_clear_message(tmp_path):
     assert "RankFailure" in errors[0] and "failed on another rank (rank 1: ValueError" in errors[0]
 
 
+@pytest.mark.parametrize(("scenario", "key"), [("mismatch-sparsity", "sparsity"),
+                                               ("mismatch-data", "samples")])
+def test_ranks_that_disagree_fail_together_with_one_message(tmp_path, scenario, key):
+    codes, errors, seconds = launch(tmp_path, scenario, timeout=60)
+    assert codes == [2, 2] and seconds < 60
+    for rank in range(2):
+        assert f"The ranks disagree on {key} (rank 0: " in errors[rank], errors[rank]
+
+
 def test_a_dead_rank_does_not_hang_the_others(tmp_path):
     codes, errors, seconds = launch(tmp_path, "die")
     assert codes[1] == 3 and codes[0] != 0, errors
