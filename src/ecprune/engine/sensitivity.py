@@ -86,21 +86,19 @@ def _block_size(seeds: int, batch: int, width: int) -> int:
     return max(1, min(seeds, VJP_ELEMENTS // max(1, batch * width)))
 
 
-def sensitivities(output: torch.Tensor, pre_activations: list[torch.Tensor], *,
+def seed_products(output: torch.Tensor, pre_activations: list[torch.Tensor], *,
                   probes: int | None = None,
-                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """``s(x)`` (B, n) for every tensor in ``pre_activations`` by autograd (any structure).
+                  generator: torch.Generator | None = None) -> Iterator[tuple]:
+    """Per block of seeds ``v_k``, ``v_k^T dy/du`` (k, B, n) for every tensor of
+    ``pre_activations`` (zeros where it does not reach ``output``), by batched reverse passes.
 
-    ``output`` (B, n_out) must depend on each pre-activation through the autograd graph.
-    ``probes=None``: exact, one batched reverse pass per block of outputs; else the Hutchinson
-    estimate with ``probes`` Rademacher probes per sample drawn from ``generator``.
+    Seeds: the unit vectors of the outputs (``probes=None``) or ``probes`` Rademacher vectors
+    scaled by ``1/sqrt(probes)`` per sample, so that summed squares estimate ``||dy/du||^2``.
     """
     batch, n_out = output.shape
     seeds = n_out if probes is None else probes
     width = sum(u.shape[1] for u in pre_activations)
-    block = _block_size(seeds, batch, width)
-    result = [torch.zeros_like(u, requires_grad=False) for u in pre_activations]
-    for start, stop in _blocks(seeds, block):
+    for start, stop in _blocks(seeds, _block_size(seeds, batch, width)):
         if probes is None:
             grad_outputs = output.new_zeros(stop - start, batch, n_out)
             grad_outputs[torch.arange(stop - start), :, torch.arange(start, stop)] = 1
@@ -110,9 +108,23 @@ def sensitivities(output: torch.Tensor, pre_activations: list[torch.Tensor], *,
         grads = torch.autograd.grad(output, pre_activations, grad_outputs=grad_outputs,
                                     is_grads_batched=True, retain_graph=stop < seeds,
                                     allow_unused=True)
+        yield [u.new_zeros(stop - start, *u.shape) if g is None else g
+               for g, u in zip(grads, pre_activations, strict=True)]
+
+
+def sensitivities(output: torch.Tensor, pre_activations: list[torch.Tensor], *,
+                  probes: int | None = None,
+                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """``s(x)`` (B, n) for every tensor in ``pre_activations`` by autograd (any structure).
+
+    ``output`` (B, n_out) must depend on each pre-activation through the autograd graph.
+    ``probes=None``: exact, one batched reverse pass per block of outputs; else the Hutchinson
+    estimate with ``probes`` Rademacher probes per sample drawn from ``generator``.
+    """
+    result = [torch.zeros_like(u, requires_grad=False) for u in pre_activations]
+    for grads in seed_products(output, pre_activations, probes=probes, generator=generator):
         for total, grad in zip(result, grads, strict=True):
-            if grad is not None:
-                total += grad.square().sum(0)
+            total += grad.square().sum(0)
     return result
 
 

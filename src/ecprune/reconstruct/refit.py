@@ -130,7 +130,7 @@ def solve_rows(systems: RowSystems, start: torch.Tensor, damping: float) -> torc
     return result
 
 
-def _dense_preactivations(reference: nn.Module, name: str, inputs: torch.Tensor,
+def dense_preactivations(reference: nn.Module, name: str, inputs: torch.Tensor,
                           output_fn: Callable | None) -> torch.Tensor:
     """Pre-activations of layer ``name`` of the dense ``reference`` on ``inputs`` (float64)."""
     layer = reference.get_submodule(name)
@@ -164,7 +164,7 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
             for batch, tape, _, output in stream(model, {name: layer}, batches(),
                                                  differentiable=weighted, output_fn=output_fn,
                                                  progress=progress, desc=f"refit {name}"):
-                target = _dense_preactivations(reference, name, batch.inputs, output_fn)
+                target = dense_preactivations(reference, name, batch.inputs, output_fn)
                 weights = None
                 if weighted:
                     _check_one_row(name, tape, len(batch.inputs))

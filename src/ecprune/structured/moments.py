@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..engine.batching import Batch
-from ..engine.sensitivity import VJP_ELEMENTS, rademacher, resolve_probes
+from ..engine.sensitivity import resolve_probes, seed_products
 from ..engine.statistics import ACCUMULATE_DTYPE, gram, sample_keys
 from ..engine.tape import stream
 from .groups import UnitGroup, consumer_weight
@@ -45,24 +45,10 @@ def jacobians(output: torch.Tensor, pre_activations: list[torch.Tensor], *,
     vectors scaled by ``1/sqrt(probes)``, so that ``sum_k`` of the products estimates
     ``J^T J`` without bias.
     """
-    batch, n_out = output.shape
-    seeds = n_out if probes is None else probes
-    width = sum(u.shape[1] for u in pre_activations)
-    block = max(1, min(seeds, VJP_ELEMENTS // max(1, batch * width)))
     found: list[list[torch.Tensor]] = [[] for _ in pre_activations]
-    for start in range(0, seeds, block):
-        stop = min(seeds, start + block)
-        if probes is None:
-            grad_outputs = output.new_zeros(stop - start, batch, n_out)
-            grad_outputs[torch.arange(stop - start), :, torch.arange(start, stop)] = 1
-        else:
-            grad_outputs = rademacher((stop - start, batch, n_out), probes, generator,
-                                      dtype=output.dtype, device=output.device)
-        grads = torch.autograd.grad(output, pre_activations, grad_outputs=grad_outputs,
-                                    is_grads_batched=True, retain_graph=stop < seeds,
-                                    allow_unused=True)
-        for bucket, grad, u in zip(found, grads, pre_activations, strict=True):
-            bucket.append(u.new_zeros(stop - start, *u.shape) if grad is None else grad)
+    for grads in seed_products(output, pre_activations, probes=probes, generator=generator):
+        for bucket, grad in zip(found, grads, strict=True):
+            bucket.append(grad)
     return [torch.cat(bucket) for bucket in found]
 
 

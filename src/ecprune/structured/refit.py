@@ -29,10 +29,11 @@ import torch
 from torch import nn
 
 from ..engine.statistics import ACCUMULATE_DTYPE, with_ones
-from ..engine.tape import LayerTape, eval_mode, forward, stream
+from ..engine.tape import eval_mode, stream
 from ..masking.order import removal_order
 from ..reconstruct.allocation import DAMPING_FLOOR
 from ..reconstruct.layerwise import BatchFactory, execution_order, ridge, solve_spd
+from ..reconstruct.refit import dense_preactivations
 from .groups import UnitGroup, consumer_weight
 from .selection import MIN_KEPT
 from .shrink import planned_drops, write_weights
@@ -69,14 +70,6 @@ def refit_curve(group: UnitGroup, score: torch.Tensor, weights: dict[str, torch.
     return counts, errors[: len(counts)]
 
 
-def _dense_preactivations(reference: nn.Module, name: str, inputs: torch.Tensor,
-                          output_fn: Callable | None) -> torch.Tensor:
-    layer = reference.get_submodule(name)
-    with torch.no_grad(), LayerTape({name: layer}, differentiable=False) as tape:
-        forward(reference, inputs, output_fn)
-    return tape.outputs[name].to(ACCUMULATE_DTYPE)
-
-
 def refit_consumer(model: nn.Module, reference: nn.Module, name: str, rows: torch.Tensor,
                    columns: torch.Tensor, batches: BatchFactory, *, damping: float,
                    current: torch.Tensor | None = None, output_fn: Callable | None = None,
@@ -95,7 +88,7 @@ def refit_consumer(model: nn.Module, reference: nn.Module, name: str, rows: torc
                                         output_fn=output_fn, progress=progress,
                                         desc=f"refit {name}"):
             extended = with_ones(tape.inputs[name][:, columns])
-            target = _dense_preactivations(reference, name, batch.inputs, output_fn)[:, rows]
+            target = dense_preactivations(reference, name, batch.inputs, output_fn)[:, rows]
             gram += extended.T @ extended
             cross += extended.T @ target
     weight = layer.weight.detach().to(ACCUMULATE_DTYPE)
