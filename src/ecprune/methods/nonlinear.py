@@ -44,18 +44,25 @@ ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tan
                nn.Softplus, nn.Identity)
 
 
+def _output_with(model: nn.Module, layer: nn.Linear, hook, inputs: torch.Tensor,
+                 output_fn) -> torch.Tensor:
+    """The model's output (n, n_out) on ``inputs`` with forward ``hook`` on ``layer``."""
+    handle = layer.register_forward_hook(hook)
+    try:
+        output = model(inputs)
+        output = output if output_fn is None else output_fn(output)
+        return output.reshape(len(inputs), -1)
+    finally:
+        handle.remove()
+
+
 def _perturbed_outputs(model: nn.Module, layer: nn.Linear, samples: torch.Tensor,
                        deltas: torch.Tensor, output_fn) -> torch.Tensor:
     """Outputs (K, n, n_out) with ``deltas[k]`` (n, n_out_layer) added to the layer's output."""
 
     def run(delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        handle = layer.register_forward_hook(lambda module, args, out: out + delta)
-        try:
-            output = model(inputs)
-            output = output if output_fn is None else output_fn(output)
-            return output.reshape(len(inputs), -1)
-        finally:
-            handle.remove()
+        return _output_with(model, layer, lambda module, args, out: out + delta, inputs,
+                            output_fn)
 
     try:
         return vmap(run, in_dims=(0, None))(deltas, samples)
@@ -74,13 +81,7 @@ def _positions_block(model, layer, samples, dense, mean, output_fn):
         def remove(module, args, out):
             return out - ((args[0] - mean) @ column)[..., None] * unit
 
-        handle = layer.register_forward_hook(remove)
-        try:
-            output = model(inputs)
-            output = output if output_fn is None else output_fn(output)
-            return output.reshape(len(inputs), -1)
-        finally:
-            handle.remove()
+        return _output_with(model, layer, remove, inputs, output_fn)
 
     def errors(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         units = torch.nn.functional.one_hot(rows, layer.out_features).to(samples.dtype)
