@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean mnist diffsorp beyond
+.PHONY: setup demo test lint clean mnist diffsorp beyond mixer neurons
 
 setup: $(STAMP)
 
@@ -47,6 +47,27 @@ beyond: $(STAMP)
 	$(BIN)/ecprune reproduce beyond-diffsorp --out docs/results --workers 2 --threads 1
 	$(BIN)/ecprune report docs/results/beyond-mnist.csv --out docs/figures $(BEYOND_PAIRS)
 	$(BIN)/ecprune report docs/results/beyond-diffsorp.csv --out docs/figures $(BEYOND_PAIRS)
+
+# An MLP-Mixer on MNIST (docs/sequence-models.md): layers with several rows per sample, every
+# method of `beyond` but the sensitivity-weighted refit, plus magnitude; prune only, resumable.
+MIXER_PAIRS := --error-rate --compare ecp magnitude --compare ecp-refit ecp \
+	--compare ecp-refit ecp-refit-global --compare sparsegpt-refit ecp-refit \
+	--compare ecp-refit-steps3 ecp-refit --compare sparsegpt-refit-steps3 ecp-refit-steps3
+mixer: $(STAMP)
+	$(BIN)/ecprune reproduce mixer-mnist --out docs/results --workers 1 --threads 1
+	$(BIN)/ecprune report docs/results/mixer-mnist.csv --out docs/figures $(MIXER_PAIRS)
+
+# Neuron pruning side by side (docs/neurons.md): ecprune's unit removal, Torch-Pruning's
+# importances, the width-reduced network from scratch and unstructured ECP-refit, on MNIST and
+# the deep diffusion-sorption network; resumable, its own results folder.
+NEURONS_OUT := docs/results/neurons
+neurons: $(STAMP)
+	$(BIN)/ecprune reproduce neurons-diffsorp --out $(NEURONS_OUT) --workers 1 --threads 1
+	$(BIN)/ecprune reproduce neurons --out $(NEURONS_OUT) --workers 1 --threads 1
+	$(BIN)/ecprune report $(NEURONS_OUT)/neurons.csv --out docs/figures
+	$(BIN)/ecprune report $(NEURONS_OUT)/neurons-diffsorp.csv --out docs/figures
+	$(BIN)/python scripts/neurons_figure.py $(NEURONS_OUT)/neurons.csv \
+		$(NEURONS_OUT)/neurons-diffsorp.csv --out docs/figures/neurons.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

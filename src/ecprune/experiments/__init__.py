@@ -4,7 +4,10 @@ Each experiment is registered in :data:`EXPERIMENTS` with its full and quick set
 data loader ``load(variant) -> Split``; ``ecprune reproduce NAME`` runs it. The paper's two
 are ``mnist`` (classification, cross-entropy) and ``diffsorp`` (regression, MSE, one variant
 per noise level); ``beyond-mnist`` and ``beyond-diffsorp`` compare the methods beyond the paper
-on their networks, prune only (:mod:`.beyond`).
+on their networks, prune only (:mod:`.beyond`); ``mixer-mnist`` prunes an MLP-Mixer, whose
+layers see several rows per sample (:mod:`.mixer`); ``neurons`` and ``neurons-diffsorp``
+compare neuron removal with Torch-Pruning's importances and the width-reduced baseline
+(:mod:`.neurons`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from .diffsorp import DIFFSORP, DIFFSORP_QUICK, load_diffsorp_split, snapshot_fi
 from .folder import ConfigMismatch
 from .job import Split
 from .lock import FolderBusy
+from .mixer import MIXER_MNIST, MIXER_MNIST_QUICK
 from .mnist import MNIST, MNIST_QUICK, load_mnist_split
+from .neurons import NEURONS, NEURONS_DIFFSORP, NEURONS_DIFFSORP_QUICK, NEURONS_QUICK
 from .runner import RunReport, run_experiment
 
 
@@ -42,6 +47,10 @@ EXPERIMENTS: dict[str, Experiment] = {
                                load=load_mnist_split),
     "beyond-diffsorp": Experiment(full=BEYOND_DIFFSORP, quick=BEYOND_DIFFSORP_QUICK,
                                   load=load_diffsorp_split),
+    "mixer-mnist": Experiment(full=MIXER_MNIST, quick=MIXER_MNIST_QUICK, load=load_mnist_split),
+    "neurons": Experiment(full=NEURONS, quick=NEURONS_QUICK, load=load_mnist_split),
+    "neurons-diffsorp": Experiment(full=NEURONS_DIFFSORP, quick=NEURONS_DIFFSORP_QUICK,
+                                   load=load_diffsorp_split),
 }
 
 __all__ = ["EXPERIMENTS", "ConfigMismatch", "Experiment", "ExperimentConfig", "FolderBusy",

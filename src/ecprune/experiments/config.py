@@ -14,6 +14,8 @@ PAPER_METHODS = ("ecp", "nonlinear", "magnitude", "gradient", "random", "ecp-noc
 PAPER_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 PAPER_SEEDS = (0, 1, 2, 3, 4)
 LOSSES = ("cross_entropy", "mse")
+# Model families (:mod:`.families`): fully-connected PReLU networks, and MLP-Mixers.
+MODELS = ("mlp", "mixer")
 
 
 def arch_name(widths: Sequence[int]) -> str:
@@ -55,7 +57,10 @@ class ExperimentConfig:
     uses Adam at learning rate ``lr`` decayed geometrically to ``lr * lr_decay`` over its
     epochs (:class:`~ecprune.experiments.training.TrainSettings`; 1.0: constant). ``methods``
     are labels (:func:`~ecprune.experiments.methods.parse_label`: e.g. ``"ecp-steps10"``);
-    ``finetune=False`` stops after pruning (prune-only grids).
+    ``finetune=False`` stops after pruning (prune-only grids). ``model`` names the family of
+    the ``architectures`` (:data:`MODELS`; fine-tuning and the width-reduced baseline exist for
+    ``"mlp"`` only); ``prune_samples`` limits the data every method scores and updates on to
+    the first that many training samples (None: all of them).
     """
 
     name: str
@@ -73,9 +78,19 @@ class ExperimentConfig:
     lr: float = 1e-3
     lr_decay: float = 1.0
     finetune: bool = True
+    model: str = "mlp"
+    prune_samples: int | None = None
 
     def __post_init__(self):
         check_labels(self.methods)
+        if self.model not in MODELS:
+            raise ValueError(f"Unknown model {self.model!r}; expected one of {MODELS}.")
+        if self.model != "mlp" and (self.finetune or self.fully_connected):
+            raise ValueError(f"model={self.model!r} runs prune-only grids: pass finetune=False "
+                             "and fully_connected=False.")
+        if self.prune_samples is not None and self.prune_samples < 1:
+            raise ValueError(f"prune_samples must be a positive integer or None; got "
+                             f"{self.prune_samples}.")
         if not all(0 < r < 1 for r in self.ratios):
             raise ValueError(f"Ratios must lie in (0, 1); got {self.ratios}.")
         if self.loss not in LOSSES:

@@ -80,7 +80,10 @@ class FolderConfig:
     @classmethod
     def of(cls, config: ExperimentConfig, data: dict[str, str] | None = None) -> FolderConfig:
         """The configuration of a run of ``config`` (``data``: variant -> :func:`data_digest`)."""
-        settings = json.loads(json.dumps({name: getattr(config, name) for name in SETTINGS}))
+        settings = {name: getattr(config, name) for name in SETTINGS}
+        if config.prune_samples is not None:  # recorded only where set: older folders agree
+            settings["prune_samples"] = config.prune_samples
+        settings = json.loads(json.dumps(settings))
         return cls(config.name, PROTOCOL_VERSION, settings, _method_configs(config),
                    dict(data or {}))
 

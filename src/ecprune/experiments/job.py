@@ -33,6 +33,7 @@ from ecprune import Importances, LayerImportance, methods
 
 from . import checkpoints
 from .config import ExperimentConfig, arch_name, reduced_widths, weight_count
+from .families import family
 from .methods import masked_template, parse_label, prune_copy
 from .stacked import StackedMLP, mlp
 from .store import CsvStore, format_ratio, row_key
@@ -72,7 +73,11 @@ class Job:
 
 
 def job_cells(config: ExperimentConfig) -> list[tuple[str, float, str]]:
-    """``(method, ratio, phase)`` of every result row of one job."""
+    """``(method, ratio, phase)`` of every result row of one job (a configuration with its own
+    protocol lists them with its ``job_cells()``, e.g. :mod:`.neurons`)."""
+    custom = getattr(config, "job_cells", None)
+    if custom is not None:
+        return custom()
     cells = [("dense", 0.0, "dense")]
     phases = ("prune", "finetune") if config.finetune else ("prune",)
     cells += [(m, r, p) for p in phases for m in config.methods for r in config.ratios]
@@ -85,7 +90,7 @@ def cell_key(config: ExperimentConfig, job: Job, method: str, ratio: float,
              phase: str) -> tuple[str, ...]:
     """The results-CSV key of one cell of ``job``."""
     return row_key({"experiment": config.name, "variant": job.variant,
-                    "arch": arch_name(job.widths), "seed": job.seed, "method": method,
+                    "arch": family(config).name(job.widths), "seed": job.seed, "method": method,
                     "ratio": ratio, "phase": phase})
 
 
@@ -112,15 +117,24 @@ def train_settings(config: ExperimentConfig, epochs: int, seed: int) -> TrainSet
 def train_dense(config: ExperimentConfig, job: Job, split: Split, *,
                 checkpoint: Path | None = None) -> tuple[torch.nn.Sequential, float]:
     """The dense network of ``job`` trained by the experiment's protocol, and the seconds."""
-    model = mlp(job.widths, seed=job.seed).to(split.x_train.device)
-    stacked = StackedMLP.from_models([model])
+    models = family(config)
+    model = models.build(job.widths, seed=job.seed).to(split.x_train.device)
+    stacked = models.stack([model])
     seconds = train(stacked, split.x_train, split.y_train,
                     train_settings(config, config.epochs, job.seed), checkpoint=checkpoint)
     return stacked.network(0), seconds
 
 
 class JobRunner:
-    """Runs the units of one job that the results CSV lacks; see the module docstring."""
+    """Runs the units of one job that the results CSV lacks; see the module docstring.
+
+    A configuration with its own protocol names its runner, a subclass, as the class attribute
+    ``runner`` (e.g. :mod:`.neurons`); ``JobRunner(config, ...)`` then builds that one.
+    """
+
+    def __new__(cls, config: ExperimentConfig, *args, **kwargs):
+        runner = getattr(config, "runner", None)
+        return super().__new__(runner if cls is JobRunner and runner is not None else cls)
 
     def __init__(self, config: ExperimentConfig, job: Job, split: Split, *, results: CsvStore,
                  timings: CsvStore, checkpoints: Path, done: set[tuple[str, ...]],
@@ -130,12 +144,13 @@ class JobRunner:
         self.checkpoints = checkpoints / job.slug
         self.on_rows = on_rows
         self.device = split.x_train.device
+        self.family = family(config)
 
     def row(self, method: str, ratio: float, phase: str, **values) -> dict:
         return {"experiment": self.config.name, "variant": self.job.variant,
-                "arch": arch_name(self.job.widths), "seed": self.job.seed, "method": method,
-                "ratio": format_ratio(ratio), "phase": phase,
-                "total": weight_count(self.job.widths), **values}
+                "arch": self.family.name(self.job.widths), "seed": self.job.seed,
+                "method": method, "ratio": format_ratio(ratio), "phase": phase,
+                "total": self.family.weight_count(self.job.widths), **values}
 
     def missing(self, method: str, ratio: float, phase: str) -> bool:
         return cell_key(self.config, self.job, method, ratio, phase) not in self.done
@@ -148,14 +163,20 @@ class JobRunner:
 
     def record_time(self, unit: str, networks: int, epochs: int, seconds: float) -> None:
         self.timings.append([{"experiment": self.config.name, "variant": self.job.variant,
-                              "arch": arch_name(self.job.widths), "seed": self.job.seed,
+                              "arch": self.family.name(self.job.widths), "seed": self.job.seed,
                               "unit": unit, "networks": networks, "epochs": epochs,
                               "seconds": f"{seconds:.6g}"}])
 
     def settings(self, epochs: int, stream: int = 0) -> TrainSettings:
         return train_settings(self.config, epochs, self.job.seed + stream)
 
-    def evaluation_rows(self, model: StackedMLP, cells: list[tuple[str, float]], phase: str,
+    def prune_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training samples every method scores and updates on (the first
+        ``config.prune_samples``; all without a limit)."""
+        count = self.config.prune_samples
+        return self.split.x_train[:count], self.split.y_train[:count]
+
+    def evaluation_rows(self, model: torch.nn.Module, cells: list[tuple[str, float]], phase: str,
                         epochs: int, extras: list[dict] | None = None) -> list[dict]:
         losses, accuracies = evaluate(model, self.split.x_test, self.split.y_test,
                                       self.config.loss)
@@ -174,7 +195,7 @@ class JobRunner:
             dense = self.dense()
             if any(self.missing(*cell) for cell in cells if cell[2] == "prune"):
                 self.record_time("gradient-pass", 1, 0, gradient_pass_seconds(
-                    dense, self.split.x_train, self.split.y_train, self.config.loss))
+                    dense, *self.prune_data(), self.config.loss))
             pruned = {label: self.prune_only(dense, label) for label in self.config.methods}
             if self.config.finetune:
                 self.finetune(pruned)
@@ -192,12 +213,12 @@ class JobRunner:
             self.record_time("train-dense", 1, self.config.epochs, seconds)
             checkpoints.save(model.state_dict(), path)
         if self.missing("dense", 0.0, "dense"):
-            self.write(self.evaluation_rows(StackedMLP.from_models([model]), [("dense", 0.0)],
+            self.write(self.evaluation_rows(self.family.stack([model]), [("dense", 0.0)],
                                             "dense", self.config.epochs))
         return model
 
     def _dense_from(self, state: dict) -> torch.nn.Sequential:
-        model = mlp(self.job.widths, seed=self.job.seed).to(self.device)
+        model = self.family.build(self.job.widths, seed=self.job.seed).to(self.device)
         model.load_state_dict(state)
         return model
 
@@ -207,7 +228,7 @@ class JobRunner:
         scores = checkpoints.load(path, _importances, map_location=self.device)
         if scores is not None:
             return scores
-        data = TensorDataset(self.split.x_train, self.split.y_train)
+        data = TensorDataset(*self.prune_data())
         shared = {"loss": self.config.loss, "nonlinear_samples": self.config.nonlinear_samples}
         scores = ecprune.importance(dense, data, method, seed=self.job.seed, progress=False,
                                     **methods.applicable(method, shared))
@@ -296,8 +317,8 @@ class Pruned:
         saved = checkpoints.load(path, self._pruned_from, map_location=self.runner.device)
         if saved is not None:
             return saved
-        split, config = self.runner.split, self.runner.config
-        model, seconds = prune_copy(self.dense, TensorDataset(split.x_train, split.y_train),
+        config = self.runner.config
+        model, seconds = prune_copy(self.dense, TensorDataset(*self.runner.prune_data()),
                                     ratio, self.spec, seed=self.runner.job.seed,
                                     loss=config.loss, nonlinear_samples=config.nonlinear_samples)
         self.runner.record_time(f"prune-{self.label}-{format_ratio(ratio)}", 1, 0, seconds)
@@ -309,8 +330,8 @@ class Pruned:
         model.load_state_dict(state["model"])
         return model, float(state["seconds"])
 
-    def stack(self, ratios: list[float]) -> tuple[StackedMLP, list[dict]]:
+    def stack(self, ratios: list[float]) -> tuple[torch.nn.Module, list[dict]]:
         """The pruned networks at ``ratios`` stacked, and their cost columns."""
         models = [self.get(r) for r in ratios]
-        return (StackedMLP.from_models([model for model, _ in models]),
+        return (self.runner.family.stack([model for model, _ in models]),
                 [_cost(seconds) for _, seconds in models])
