@@ -187,15 +187,23 @@ class JobRunner:
                          else f"{accuracies[k].item():.6g}", **(extras[k] if extras else {}))
                 for k, (method, ratio) in enumerate(cells)]
 
-    def run(self) -> None:
-        """Run every missing unit of the job, then drop its checkpoints."""
+    def dense_if_needed(self) -> torch.nn.Module | None:
+        """The dense network when a cell other than the narrow baseline's is missing (and the
+        time of one gradient pass, the cost unit, when a prune cell is), else None."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         cells = job_cells(self.config)
-        if any(self.missing(*cell) for cell in cells if cell[0] != FULLY_CONNECTED):
-            dense = self.dense()
-            if any(self.missing(*cell) for cell in cells if cell[2] == "prune"):
-                self.record_time("gradient-pass", 1, 0, gradient_pass_seconds(
-                    dense, *self.prune_data(), self.config.loss))
+        if not any(self.missing(*cell) for cell in cells if cell[0] != FULLY_CONNECTED):
+            return None
+        dense = self.dense()
+        if any(self.missing(*cell) for cell in cells if cell[2] == "prune"):
+            self.record_time("gradient-pass", 1, 0, gradient_pass_seconds(
+                dense, *self.prune_data(), self.config.loss))
+        return dense
+
+    def run(self) -> None:
+        """Run every missing unit of the job, then drop its checkpoints."""
+        dense = self.dense_if_needed()
+        if dense is not None:
             pruned = {label: self.prune_only(dense, label) for label in self.config.methods}
             if self.config.finetune:
                 self.finetune(pruned)

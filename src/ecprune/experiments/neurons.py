@@ -39,13 +39,13 @@ from ..masking.selection import layer_counts
 from . import checkpoints
 from .config import ExperimentConfig, weight_count
 from .diffsorp import ARCHITECTURES, DIFFSORP, noise_variant
-from .job import FINETUNE_STREAM, FULLY_CONNECTED, JobRunner, _cost, _digest, job_cells
+from .job import FINETUNE_STREAM, FULLY_CONNECTED, JobRunner, _cost, _digest
 from .methods import masked_template, parse_label, prune_copy
 from .mnist import MNIST
 from .peers import PEERS, prune_with_torch_pruning
 from .stacked import StackedMLP, mlp
 from .store import format_ratio
-from .training import gradient_pass_seconds, train
+from .training import train
 
 ECPRUNE_UNITS = ("ecp", "ecp-refit", "obs", "magnitude", "random")
 STRUCTURED = (*ECPRUNE_UNITS, *PEERS)
@@ -115,13 +115,8 @@ class NeuronJobRunner(JobRunner):
     """The units of one job of a :class:`NeuronsConfig`; see the module docstring."""
 
     def run(self) -> None:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        cells = job_cells(self.config)
-        if any(self.missing(*cell) for cell in cells if cell[0] != FULLY_CONNECTED):
-            dense = self.dense()
-            if any(self.missing(*cell) for cell in cells if cell[2] == "prune"):
-                self.record_time("gradient-pass", 1, 0, gradient_pass_seconds(
-                    dense, self.split.x_train, self.split.y_train, self.config.loss))
+        dense = self.dense_if_needed()
+        if dense is not None:
             for fraction in self.config.ratios:
                 self.structured(dense, fraction)
             if self.config.unstructured:
