@@ -105,27 +105,14 @@ class UpdateStep:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Method:
-    """Base class of every pruning method; a subclass implements :meth:`layer_importance` (or
-    :meth:`score`) and overrides what differs.
-
-    Class attributes: ``name`` (its registry key; empty for a user's own method),
-    ``default_scope`` (where :func:`ecprune.prune` compares scores unless told otherwise),
-    ``compensates`` (bias shifts: needs biases), ``predicts_error`` (scores are output errors
-    that add up, so a budget can be set), ``needs_targets``, ``rereads_data`` (its update streams
-    the data again), ``update_needs_data`` (it cannot update without the data),
-    ``needs_reference`` (its update aims at the dense network before the first step) and
-    ``OPTIONS``, the keyword options of :func:`ecprune.prune` it takes, mapped to its fields.
-    """
+class Configured:
+    """A method's frozen configuration, validated when it is built: ``name`` is its registry
+    key (empty for a user's own), ``OPTIONS`` maps the keyword options it takes to its fields,
+    and :meth:`check` raises naming the caller (:func:`building_for`), the parameter and the
+    value. Weight methods (:class:`Method`) and unit methods
+    (:class:`ecprune.structured.methods.NeuronMethod`) are both."""
 
     name: ClassVar[str] = ""
-    default_scope: ClassVar[str] = "global"
-    compensates: ClassVar[bool] = False
-    predicts_error: ClassVar[bool] = False
-    needs_targets: ClassVar[bool] = False
-    rereads_data: ClassVar[bool] = False
-    update_needs_data: ClassVar[bool] = False
-    needs_reference: ClassVar[bool] = False
     OPTIONS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
@@ -138,6 +125,29 @@ class Method:
     def label(self) -> str:
         """The name reports and results carry: ``name``, or the class name of a user's method."""
         return self.name or type(self).__name__
+
+
+@dataclass(frozen=True, kw_only=True)
+class Method(Configured):
+    """Base class of every pruning method; a subclass implements :meth:`layer_importance` (or
+    :meth:`score`) and overrides what differs.
+
+    Class attributes: ``name`` (its registry key; empty for a user's own method),
+    ``default_scope`` (where :func:`ecprune.prune` compares scores unless told otherwise),
+    ``compensates`` (bias shifts: needs biases), ``predicts_error`` (scores are output errors
+    that add up, so a budget can be set), ``needs_targets``, ``rereads_data`` (its update streams
+    the data again), ``update_needs_data`` (it cannot update without the data),
+    ``needs_reference`` (its update aims at the dense network before the first step) and
+    ``OPTIONS``, the keyword options of :func:`ecprune.prune` it takes, mapped to its fields.
+    """
+
+    default_scope: ClassVar[str] = "global"
+    compensates: ClassVar[bool] = False
+    predicts_error: ClassVar[bool] = False
+    needs_targets: ClassVar[bool] = False
+    rereads_data: ClassVar[bool] = False
+    update_needs_data: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False
 
     def request(self, seed: int) -> StatisticsRequest:
         """The statistics this method needs from the data pass."""

@@ -18,7 +18,7 @@ from torch import nn
 from .._validation import check_choice, check_nonnegative, check_positive_int
 from ..engine.sensitivity import ESTIMATORS
 from ..engine.statistics import StatisticsRequest, collect_statistics
-from ..methods.base import current_caller
+from ..methods.base import Configured
 from ..options import Options
 from ..reconstruct.allocation import allocate
 from ..reconstruct.layerwise import BatchFactory
@@ -88,26 +88,14 @@ class NeuronStep:
 
 
 @dataclass(frozen=True, kw_only=True)
-class NeuronMethod:
+class NeuronMethod(Configured):
     """Base class of the unit-removal methods. Class attributes: ``name`` (registry key),
     ``compensates`` (moves the consumers' biases: needs them), ``predicts_error`` (scores are
     output errors that add up) and ``OPTIONS`` (keyword options of
     :func:`ecprune.prune_neurons` mapped to fields)."""
 
-    name: ClassVar[str] = ""
     compensates: ClassVar[bool] = False
     predicts_error: ClassVar[bool] = False
-    OPTIONS: ClassVar[dict[str, str]] = {}
-
-    def __post_init__(self) -> None:
-        self.check(current_caller(type(self).__name__))
-
-    def check(self, caller: str) -> None:
-        """Validate the configuration; errors name ``caller``, the parameter and the value."""
-
-    @property
-    def label(self) -> str:
-        return self.name or type(self).__name__
 
     def score(self, context: NeuronContext) -> Scored:
         raise NotImplementedError(f"{type(self).__name__} must implement score(context).")
