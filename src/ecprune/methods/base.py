@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from .._validation import check_choice, check_positive_int
+from ..engine.sensitivity import ESTIMATORS
 from ..engine.statistics import Statistics, StatisticsRequest
 from ..masking.apply import apply_pruning
 
@@ -125,6 +127,31 @@ class Configured:
     def label(self) -> str:
         """The name reports and results carry: ``name``, or the class name of a user's method."""
         return self.name or type(self).__name__
+
+
+@dataclass(frozen=True, kw_only=True)
+class SensitivityConfig(Configured):
+    """The configuration of a method that reads ECP's output sensitivities
+    ``s_i = ||dy/du_i||^2``: ``sensitivity`` is ``"exact"`` (one reverse pass per output),
+    ``"hutchinson"`` (unbiased estimate from ``probes`` Rademacher probes per sample, cost
+    independent of the number of outputs) or ``"auto"`` (exact up to
+    ``ecprune.engine.sensitivity.AUTO_EXACT_OUTPUTS`` outputs, or ``probes`` if more, else
+    Hutchinson); ``probes`` None is ``ecprune.engine.sensitivity.AUTO_PROBES``."""
+
+    sensitivity: str = "auto"
+    probes: int | None = None
+    OPTIONS: ClassVar[dict[str, str]] = {"sensitivity": "sensitivity", "probes": "probes"}
+
+    def check(self, caller: str) -> None:
+        super().check(caller)
+        check_choice("sensitivity", self.sensitivity, ESTIMATORS, caller=caller)
+        if self.probes is not None:
+            check_positive_int("probes", self.probes, caller=caller)
+
+    def sensitivity_request(self, seed: int, **more) -> StatisticsRequest:
+        """The statistics request of ECP's sums, with ``more`` (e.g. ``gram=True``)."""
+        return StatisticsRequest(sensitivity=True, seed=seed, estimator=self.sensitivity,
+                                 probes=self.probes, **more)
 
 
 @dataclass(frozen=True, kw_only=True)

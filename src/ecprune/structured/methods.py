@@ -15,10 +15,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_nonnegative, check_positive_int
-from ..engine.sensitivity import ESTIMATORS
-from ..engine.statistics import StatisticsRequest, collect_statistics
-from ..methods.base import Configured
+from .._validation import check_choice, check_nonnegative
+from ..engine.statistics import collect_statistics
+from ..methods.base import Configured, SensitivityConfig
 from ..options import Options
 from ..reconstruct.allocation import allocate
 from ..reconstruct.layerwise import BatchFactory
@@ -120,23 +119,13 @@ class NeuronMethod(Configured):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SensitivityOptions(NeuronMethod):
-    """Options of the methods that read ECP's output sensitivities: ``sensitivity`` and
-    ``probes`` as in :class:`ecprune.methods.SensitivityMethod`."""
-
-    sensitivity: str = "auto"
-    probes: int | None = None
-    OPTIONS: ClassVar[dict[str, str]] = {"sensitivity": "sensitivity", "probes": "probes"}
-
-    def check(self, caller: str) -> None:
-        check_choice("sensitivity", self.sensitivity, ESTIMATORS, caller=caller)
-        if self.probes is not None:
-            check_positive_int("probes", self.probes, caller=caller)
+class SensitivityOptions(SensitivityConfig, NeuronMethod):
+    """A unit method that reads ECP's output sensitivities (``sensitivity``, ``probes``:
+    :class:`ecprune.methods.base.SensitivityConfig`)."""
 
     def engine_statistics(self, context: NeuronContext, *, grams: bool):
         """The engine's ECP sums of every consumer (rows, Gram matrices on request)."""
-        request = StatisticsRequest(sensitivity=True, gram=grams, seed=context.options.seed,
-                                    estimator=self.sensitivity, probes=self.probes)
+        request = self.sensitivity_request(context.options.seed, gram=grams)
         return collect_statistics(context.model, context.layers("consumers"),
                                   context.batches(), request,
                                   output_fn=context.options.output_fn,
