@@ -201,7 +201,7 @@ def existing(work):
     (lambda d: None, ["model.pt", "inputs.npy", "--trust-model", "--method", "gradient"],
      "--method gradient needs targets"),
     (lambda d: None, ["model.pt", "inputs.npy", "--trust-model", "--allocation", "refit"],
-     "allocation='refit' applies to method(s) ['ecp-refit'], not 'ecp'"),
+     "allocation='refit' applies to method(s) ['ecp-refit', 'ecp-admm'], not 'ecp'"),
     (lambda d: None, ["weights.pt", "inputs.npy"], "holds a state dict, not a model"),
     (lambda d: None, ["missing.pt", "inputs.npy"], "The model file 'missing.pt' does not exist"),
     (lambda d: None, ["model.pt", "inputs.txt", "--trust-model"],

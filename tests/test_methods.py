@@ -19,7 +19,9 @@ from ecprune.methods.registry import METHOD_OPTIONS
 # A valid value of every method option (each must be accepted by the methods that own it).
 OPTION_VALUES = {"loss": "mse", "nonlinear_samples": 7, "allocation": "global",
                  "sensitivity": "exact", "probes": 3, "damping": 0.05, "block_size": 4,
-                 "refit_weighting": "sensitivity"}
+                 "refit_weighting": "sensitivity", "refine": "swaps", "max_swaps": 5,
+                 "objective": "network", "network_passes": 1, "admm_iterations": 7,
+                 "admm_rho": 0.5}
 
 
 def states_equal(a: nn.Module, b: nn.Module) -> bool:

@@ -2,6 +2,7 @@
 (:class:`Method`), and the registry that reads their names (:func:`get`)."""
 
 from ..engine.statistics import StatisticsRequest
+from .admm import ECPADMM
 from .base import LayerImportance, Method, ScoringContext, UpdateStep
 from .baselines import LOSSES, Gradient, Magnitude, MagnitudeCompensated, Random, Wanda
 from .ecp import ECP, ECPNoCompensation, ECPRefit, SensitivityMethod
@@ -11,6 +12,7 @@ from .sparsegpt import SparseGPT, SparseGPTRefit
 
 __all__ = [
     "ECP",
+    "ECPADMM",
     "LOSSES",
     "REGISTRY",
     "ECPNoCompensation",

@@ -13,9 +13,11 @@ from ..engine.sensitivity import ESTIMATORS
 from ..engine.statistics import ACCUMULATE_DTYPE, LayerStatistics, StatisticsRequest
 from ..reconstruct.allocation import allocate, refit_curves
 from .base import LayerImportance, Method, ScoringContext, UpdateStep
-from .updates import check_refit, refit
+from .updates import check_refit, ecp_support, network_update, refit, support_refit
 
 ALLOCATIONS = ("global", "refit")
+REFINES = ("none", "swaps")
+OBJECTIVES = ("layer", "network")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,8 +120,14 @@ class ECPRefit(ECP):
     ``scope="global"``: ``"refit"`` (the counts that minimise the error left after the refit,
     :mod:`ecprune.reconstruct.allocation`, from the Gram matrices this pass also gathers) or
     ``"global"`` (ECP's global ranking). ``damping``: relative Tikhonov term of every Gram
-    matrix (:func:`ecprune.reconstruct.layerwise.ridge`). Without data
-    (:func:`ecprune.prune_by_importance` with ``data=None``) only ECP's shifts are applied.
+    matrix (:func:`ecprune.reconstruct.layerwise.ridge`). ``refine="swaps"``: once the mask is
+    chosen, each row exchanges kept for pruned weights, the best exact swap at a time, while
+    that lowers its refit error, at most ``max_swaps`` per row
+    (:mod:`ecprune.reconstruct.swaps`; plain weighting only). ``objective="network"``: then
+    ``network_passes`` Gauss-Newton passes on the output error toward the dense network over
+    all kept weights and biases, masks kept, the output error on the data never increasing
+    (:mod:`ecprune.reconstruct.network`). Without data (:func:`ecprune.prune_by_importance`
+    with ``data=None``) only ECP's shifts are applied.
     """
 
     name = "ecp-refit"
@@ -129,14 +137,28 @@ class ECPRefit(ECP):
     weighting: str = "plain"
     allocation: str = "refit"
     damping: float = 0.01
+    refine: str = "none"
+    max_swaps: int = 100
+    objective: str = "layer"
+    network_passes: int = 2
     OPTIONS: ClassVar[dict[str, str]] = {
         **SensitivityMethod.OPTIONS, "refit_weighting": "weighting", "allocation": "allocation",
-        "damping": "damping"}
+        "damping": "damping", "refine": "refine", "max_swaps": "max_swaps",
+        "objective": "objective", "network_passes": "network_passes"}
 
     def check(self, caller: str) -> None:
         super().check(caller)
         check_refit(self.weighting, self.damping, caller=caller)
         check_choice("allocation", self.allocation, ALLOCATIONS, caller=caller)
+        check_choice("refine", self.refine, REFINES, caller=caller)
+        check_positive_int("max_swaps", self.max_swaps, caller=caller)
+        check_choice("objective", self.objective, OBJECTIVES, caller=caller)
+        check_positive_int("network_passes", self.network_passes, caller=caller)
+        if self.refine == "swaps" and self.weighting != "plain":
+            raise ValueError(
+                f"The 'refine' parameter of {caller} is 'swaps', which evaluates swaps on the "
+                f"plain least-squares refit, but refit_weighting={self.weighting!r}. Pass "
+                "refit_weighting='plain' or refine='none'.")
 
     def request(self, seed: int) -> StatisticsRequest:
         return StatisticsRequest(sensitivity=True, gram=True, seed=seed,
@@ -152,6 +174,18 @@ class ECPRefit(ECP):
     def layer_counts(self, importances, count: int) -> dict[str, int] | None:
         return None if importances.curves is None else allocate(importances.curves, count)
 
+    def support(self, step: UpdateStep):
+        """The chooser of each row's support (:mod:`ecprune.reconstruct.support`), or None to
+        refit ECP's selection as it is."""
+        return ecp_support(step) if self.refine == "swaps" else None
+
     def update(self, step: UpdateStep) -> None:
-        super().update(step)
-        refit(step, weighting=self.weighting, damping=self.damping)
+        choose = self.support(step)
+        if choose is None or step.batches is None or not step.removes_any:
+            super().update(step)
+            refit(step, weighting=self.weighting, damping=self.damping)
+        else:
+            support_refit(step, choose, damping=self.damping,
+                          max_swaps=self.max_swaps if self.refine == "swaps" else 0)
+        if self.objective == "network":
+            network_update(step, passes=self.network_passes, damping=self.damping)

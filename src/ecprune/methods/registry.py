@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from .._validation import check_choice
+from .admm import ECPADMM
 from .base import Method, building_for
 from .baselines import Gradient, Magnitude, MagnitudeCompensated, Random, Wanda
 from .ecp import ECP, ECPNoCompensation, ECPRefit
@@ -19,7 +20,7 @@ from .sparsegpt import SparseGPT, SparseGPTRefit
 REGISTRY: dict[str, type[Method]] = {
     cls.name: cls
     for cls in (ECP, ECPNoCompensation, Nonlinear, Magnitude, Gradient, Random,
-                MagnitudeCompensated, ECPRefit, SparseGPT, SparseGPTRefit, Wanda)
+                MagnitudeCompensated, ECPRefit, ECPADMM, SparseGPT, SparseGPTRefit, Wanda)
 }
 # Every keyword option some registered method takes.
 METHOD_OPTIONS: tuple[str, ...] = tuple(dict.fromkeys(
