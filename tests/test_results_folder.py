@@ -16,8 +16,15 @@ from pathlib import Path
 
 import pytest
 
+import ecprune
 from ecprune.cli import main
-from ecprune.experiments.folder import ConfigMismatch, FolderConfig, config_path, data_digest
+from ecprune.experiments.folder import (
+    ConfigMismatch,
+    FolderConfig,
+    config_path,
+    data_digest,
+    without_new_defaults,
+)
 from ecprune.experiments.job import Job
 from ecprune.experiments.lock import LOCK_NAME, FolderLock
 from ecprune.experiments.mnist import MNIST, MNIST_QUICK
@@ -155,3 +162,15 @@ def test_a_stale_lock_file_of_a_killed_run_does_not_block(finished):
     (finished / LOCK_NAME).write_text('{"pid": 1, "host": "gone"}\n')
     assert run_experiment(ONE_SEED, no_data, out=finished, progress=False).computed == 0
     assert not (finished / LOCK_NAME).exists()
+
+
+def test_a_folder_written_before_a_method_gained_options_still_resumes():
+    """The committed mixer-mnist folder predates ecp-refit's refine/objective options: at their
+    defaults they change nothing, so the folder's configuration still agrees; a non-default
+    value of a new option does not."""
+    stored = ("ECPRefit(sensitivity='auto', probes=None, weighting='plain', allocation='refit', "
+              "damping=0.01), steps=1")
+    current = repr(ecprune.methods.get("ecp-refit")) + ", steps=1"
+    assert current != stored and without_new_defaults(stored, current) == stored
+    swaps = repr(ecprune.methods.get("ecp-refit", refine="swaps")) + ", steps=1"
+    assert without_new_defaults(stored, swaps) != stored

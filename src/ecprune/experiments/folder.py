@@ -19,6 +19,7 @@ notice, once its ``epochs`` column agrees with the run's. Checkpoints of unfinis
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -30,6 +31,8 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_text
+from ..methods.registry import REGISTRY
+from ..structured.registry import NEURON_METHODS
 from .config import ExperimentConfig
 from .job import Split
 from .methods import parse_label
@@ -65,6 +68,28 @@ def _method_configs(config: ExperimentConfig) -> dict[str, str]:
     shared = {"loss": config.loss, "nonlinear_samples": config.nonlinear_samples}
     return {label: f"{spec.pruner(**shared)!r}, steps={spec.steps}"
             for label, spec in ((label, parse_label(label)) for label in config.methods)}
+
+
+def without_new_defaults(stored: str, current: str) -> str:
+    """``current`` (a method's repr) without the ``field=default`` items of fields that
+    ``stored`` does not name: options added to the method since the folder was written, at the
+    defaults that keep its earlier behaviour, do not stop a resume.
+
+    >>> without_new_defaults("ECP(sensitivity='auto'), steps=1",
+    ...                      "ECP(sensitivity='auto', probes=None), steps=1")
+    "ECP(sensitivity='auto'), steps=1"
+    """
+    name = current.split("(", 1)[0]
+    classes = {cls.__name__: cls for cls in (*REGISTRY.values(), *NEURON_METHODS.values())}
+    if name not in classes or not dataclasses.is_dataclass(classes[name]):
+        return current
+    for item in dataclasses.fields(classes[name]):
+        if f"{item.name}=" in stored or item.default is dataclasses.MISSING:
+            continue
+        pair = f"{item.name}={item.default!r}"
+        current = (current.replace(f", {pair}", "").replace(f"({pair}, ", "(")
+                   .replace(f"({pair})", "()"))
+    return current
 
 
 @dataclass(frozen=True)
@@ -108,7 +133,8 @@ class FolderConfig:
                  ("protocol version", self.protocol, other.protocol)]
         pairs += [(name, self.settings.get(name), other.settings.get(name))
                   for name in sorted(set(self.settings) | set(other.settings))]
-        pairs += [(f"method {label!r}", self.methods[label], other.methods[label])
+        pairs += [(f"method {label!r}", self.methods[label],
+                   without_new_defaults(self.methods[label], other.methods[label]))
                   for label in self.methods.keys() & other.methods.keys()]
         pairs += [(f"data of variant {variant!r}", self.data[variant], other.data[variant])
                   for variant in self.data.keys() & other.data.keys()]

@@ -9,10 +9,9 @@ from typing import ClassVar
 import torch
 
 from .._validation import check_choice, check_positive_int
-from ..engine.sensitivity import ESTIMATORS
 from ..engine.statistics import ACCUMULATE_DTYPE, LayerStatistics, StatisticsRequest
 from ..reconstruct.allocation import allocate, refit_curves
-from .base import LayerImportance, Method, ScoringContext, UpdateStep
+from .base import LayerImportance, Method, ScoringContext, SensitivityConfig, UpdateStep
 from .updates import check_refit, ecp_support, network_update, refit, support_refit
 
 ALLOCATIONS = ("global", "refit")
@@ -21,28 +20,12 @@ OBJECTIVES = ("layer", "network")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SensitivityMethod(Method):
-    """A method that reads ECP's output sensitivities ``s_i = ||dy/du_i||^2``.
-
-    ``sensitivity``: ``"exact"`` (one reverse pass per output), ``"hutchinson"`` (unbiased
-    estimate from ``probes`` Rademacher probes per sample, cost independent of the number of
-    outputs) or ``"auto"`` (exact up to ``ecprune.engine.sensitivity.AUTO_EXACT_OUTPUTS``
-    outputs, or ``probes`` if more, else Hutchinson). ``probes``: None is
-    ``ecprune.engine.sensitivity.AUTO_PROBES``.
-    """
-
-    sensitivity: str = "auto"
-    probes: int | None = None
-    OPTIONS: ClassVar[dict[str, str]] = {"sensitivity": "sensitivity", "probes": "probes"}
-
-    def check(self, caller: str) -> None:
-        check_choice("sensitivity", self.sensitivity, ESTIMATORS, caller=caller)
-        if self.probes is not None:
-            check_positive_int("probes", self.probes, caller=caller)
+class SensitivityMethod(SensitivityConfig, Method):
+    """A method that reads ECP's output sensitivities ``s_i = ||dy/du_i||^2`` (``sensitivity``
+    and ``probes``: :class:`ecprune.methods.base.SensitivityConfig`)."""
 
     def request(self, seed: int) -> StatisticsRequest:
-        return StatisticsRequest(sensitivity=True, seed=seed, estimator=self.sensitivity,
-                                 probes=self.probes)
+        return self.sensitivity_request(seed)
 
 
 def ecp_terms(weight: torch.Tensor, stats: LayerStatistics, count: int):
@@ -161,8 +144,7 @@ class ECPRefit(ECP):
                 "refit_weighting='plain' or refine='none'.")
 
     def request(self, seed: int) -> StatisticsRequest:
-        return StatisticsRequest(sensitivity=True, gram=True, seed=seed,
-                                 estimator=self.sensitivity, probes=self.probes)
+        return self.sensitivity_request(seed, gram=True)
 
     def curves(self, context: ScoringContext, scores: dict[str, LayerImportance]) -> dict | None:
         if self.allocation != "refit":

@@ -41,8 +41,7 @@ class SparseGPT(SensitivityMethod):
         check_positive_int("block_size", self.block_size, caller=caller)
 
     def request(self, seed: int) -> StatisticsRequest:
-        return StatisticsRequest(sensitivity=True, gram=True, seed=seed,
-                                 estimator=self.sensitivity, probes=self.probes)
+        return self.sensitivity_request(seed, gram=True)
 
     def layer_importance(self, name: str, context: ScoringContext) -> LayerImportance:
         stats = context.statistics.layers[name]
