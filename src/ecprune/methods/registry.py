@@ -61,23 +61,32 @@ def get(name: str | Method, *, caller: str = "get", **config) -> Method:
     >>> get("ecp-refit", refit_weighting="sensitivity").weighting
     'sensitivity'
     """
+    return build(REGISTRY, Method, name, caller=caller, config=config,
+                 not_an_option=_not_an_option_of)
+
+
+def build(registry: dict[str, type], base: type, name, *, caller: str, config: dict,
+          not_an_option) -> object:
+    """The configured method ``name`` of ``registry`` (classes derived from ``base``): option
+    names or field names in ``config`` (None: the default); ``not_an_option(name, key,
+    value)`` makes the error for a key the method does not take."""
     config = {key: value for key, value in config.items() if value is not None}
-    if isinstance(name, Method):
+    if isinstance(name, base):
         if config:
             raise MethodOptionError(
                 f"{caller}() got option(s) {sorted(config)} with a {type(name).__name__} "
                 f"instance; configure the instance instead, e.g. "
                 f"{type(name).__name__}({', '.join(f'{k}=...' for k in sorted(config))}).")
         return name
-    if isinstance(name, type) and issubclass(name, Method):
+    if isinstance(name, type) and issubclass(name, base):
         raise TypeError(f"The 'method' parameter of {caller} is the class {name.__name__}; pass "
                         f"an instance, e.g. method={name.__name__}().")
-    cls = REGISTRY[check_choice("method", name, REGISTRY, caller=caller)]
+    cls = registry[check_choice("method", name, registry, caller=caller)]
     fields = {field.name for field in dataclasses.fields(cls)}
     aliases = {**{field: field for field in fields}, **cls.OPTIONS}
     for key, value in config.items():
         if key not in aliases:
-            raise _not_an_option_of(name, key, value)
+            raise not_an_option(name, key, value)
     with building_for(caller):
         return cls(**{aliases[key]: value for key, value in config.items()})
 

@@ -8,11 +8,8 @@ method's field name; None means the default), and an option of another method is
 
 from __future__ import annotations
 
-import dataclasses
-
-from .._validation import check_choice, check_positive_int
-from ..methods.base import building_for
-from ..methods.registry import METHOD_OPTIONS, MethodOptionError
+from .._validation import check_positive_int
+from ..methods.registry import METHOD_OPTIONS, MethodOptionError, build
 from ..methods.registry import owners as weight_owners
 from ..options import Options
 from .methods import ECPRefitUnits, ECPUnits, MagnitudeUnits, NeuronMethod, OBSUnits, RandomUnits
@@ -40,25 +37,9 @@ def get(name: str | NeuronMethod, *, caller: str = "get", **config) -> NeuronMet
     >>> get("ecp", shift="rows").shift
     'rows'
     """
-    config = {key: value for key, value in config.items() if value is not None}
-    if isinstance(name, NeuronMethod):
-        if config:
-            raise MethodOptionError(
-                f"{caller}() got option(s) {sorted(config)} with a {type(name).__name__} "
-                f"instance; configure the instance instead, e.g. "
-                f"{type(name).__name__}({', '.join(f'{k}=...' for k in sorted(config))}).")
-        return name
-    if isinstance(name, type) and issubclass(name, NeuronMethod):
-        raise TypeError(f"The 'method' parameter of {caller} is the class {name.__name__}; pass "
-                        f"an instance, e.g. method={name.__name__}().")
-    cls = NEURON_METHODS[check_choice("method", name, NEURON_METHODS, caller=caller)]
-    fields = {field.name for field in dataclasses.fields(cls)}
-    aliases = {**{field: field for field in fields}, **cls.OPTIONS}
-    for key, value in config.items():
-        if key not in aliases:
-            raise _not_an_option_of(name, key, value, caller)
-    with building_for(caller):
-        return cls(**{aliases[key]: value for key, value in config.items()})
+    return build(NEURON_METHODS, NeuronMethod, name, caller=caller, config=config,
+                 not_an_option=lambda method, key, value: _not_an_option_of(
+                     method, key, value, caller))
 
 
 def _not_an_option_of(name: str, key: str, value: object, caller: str) -> TypeError:
