@@ -154,19 +154,30 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
     weighted = weighting == "sensitivity"
     usable = torch.cat([keep, keep.new_full((len(keep), 1), has_bias)], 1)
     systems = RowSystems(usable, weighted=weighted)
-    if gram is not None and not weighted:
+    fill_systems(systems, model, reference, name, layer, batches, output_fn=output_fn,
+                 progress=progress, gram=None if weighted else gram)
+    _solve_and_write(name, layer, systems, keep, damping)
+
+
+def fill_systems(systems: RowSystems, model: nn.Module, reference: nn.Module, name: str,
+                 layer: nn.Linear, batches: BatchFactory, *, output_fn: Callable | None = None,
+                 progress: bool | None = None, gram: torch.Tensor | None = None) -> None:
+    """Sum ``systems`` toward the dense ``reference``'s pre-activations of layer ``name``: from
+    ``gram`` (plain systems of a layer whose inputs pruning cannot change) with no pass, else
+    one streamed pass (summed over ranks), weighted by ``s_i(x)`` for weighted systems."""
+    if gram is not None:
         systems.update_from_gram(gram, _rows(reference.get_submodule(name)))
-        _solve_and_write(name, layer, systems, keep, damping)
         return
 
     def accumulate() -> None:
         with eval_mode(reference):
             for batch, tape, _, output in stream(model, {name: layer}, batches(),
-                                                 differentiable=weighted, output_fn=output_fn,
-                                                 progress=progress, desc=f"refit {name}"):
+                                                 differentiable=systems.weighted,
+                                                 output_fn=output_fn, progress=progress,
+                                                 desc=f"refit {name}"):
                 target = dense_preactivations(reference, name, batch.inputs, output_fn)
                 weights = None
-                if weighted:
+                if systems.weighted:
                     _check_one_row(name, tape, len(batch.inputs))
                     weights = sensitivities(output, [tape.outputs[name]])[0]
                     weights = weights.to(ACCUMULATE_DTYPE)
@@ -175,7 +186,6 @@ def refit_layer(model: nn.Module, reference: nn.Module, name: str, layer: nn.Lin
     distributed.run_on_every_rank(accumulate)
     if distributed.is_distributed():
         systems.all_reduce()
-    _solve_and_write(name, layer, systems, keep, damping)
 
 
 def _check_one_row(name: str, tape: LayerTape, batch: int) -> None:

@@ -26,12 +26,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import distributed
 from ..engine.layers import effective_weight, keep_mask
-from ..engine.statistics import with_ones
-from ..engine.tape import eval_mode, progress_disabled, stream
+from ..engine.tape import progress_disabled
 from .layerwise import BatchFactory, augmented_weight, execution_order, solve_spd, write_layer
-from .refit import RowSystems, dense_preactivations
+from .refit import RowSystems, fill_systems
 from .swaps import best_swaps
 
 
@@ -69,21 +67,8 @@ def gather_problem(model: nn.Module, reference: nn.Module, name: str, layer: nn.
     present = keep_mask(layer)
     systems = RowSystems(torch.cat([present, present.new_ones(len(present), 1)], 1),
                          weighted=False)
-    if gram is not None:
-        dense = reference.get_submodule(name)
-        systems.update_from_gram(gram, augmented_weight(effective_weight(dense), dense.bias))
-    else:
-        def accumulate() -> None:
-            with eval_mode(reference):
-                for batch, tape, _, _ in stream(model, {name: layer}, batches(),
-                                                differentiable=False, output_fn=output_fn,
-                                                progress=progress, desc=f"support {name}"):
-                    target = dense_preactivations(reference, name, batch.inputs, output_fn)
-                    systems.update(with_ones(tape.inputs[name]), target, None)
-
-        distributed.run_on_every_rank(accumulate)
-        if distributed.is_distributed():
-            systems.all_reduce()
+    fill_systems(systems, model, reference, name, layer, batches, output_fn=output_fn,
+                 progress=progress, gram=gram)
     columns = systems.active[:-1]
     start = augmented_weight(effective_weight(layer), layer.bias)[:, systems.active]
     return LayerProblem(name, systems.gram, systems.cross_all, columns, present[:, columns],
