@@ -26,6 +26,7 @@ import platform
 from pathlib import Path
 
 import torch
+from sparse_inference import cpu_name
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.utils import benchmark
@@ -96,16 +97,6 @@ def measure(min_run_time: float, repeats: int) -> list[dict]:
             print(f"fraction {fraction} batch {batch:>3}: " + ", ".join(
                 f"{name} {seconds * 1e6:8.1f} us" for name, seconds in best.items()), flush=True)
     return rows
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> None:
