@@ -68,13 +68,14 @@ def random_data(widths: list[int], samples: int, loss: str, *, seed: int = 0):
     return x, y
 
 
-def gradient_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> None:
-    """One full-data pass of forward + backward with weight gradients, in CHUNK chunks."""
+def gradient_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
+                  chunk: int = CHUNK) -> None:
+    """One full-data pass of forward + backward with weight gradients, in ``chunk`` chunks."""
     loss_fn = F.cross_entropy if loss == "cross_entropy" else F.mse_loss
     model.zero_grad(set_to_none=True)
-    for start in range(0, len(x), CHUNK):
-        out = model(x[start : start + CHUNK])
-        loss_fn(out, y[start : start + CHUNK], reduction="sum").backward()
+    for start in range(0, len(x), chunk):
+        out = model(x[start : start + chunk])
+        loss_fn(out, y[start : start + chunk], reduction="sum").backward()
 
 
 def interleaved_times(tasks: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:

@@ -362,16 +362,21 @@ def test_the_per_sample_engines_agree():
     blocks = sample_blocks(model, layers, x, None)
     assert blocks is not None and blocks["qkv"] == [4]
     directions = torch.randn(6, 3, 2, dtype=torch.float64)
+    shifts = {name: torch.randn(layer.in_features, dtype=torch.float64)
+              for name, layer in layers.items()}
     with LayerTape(layers, differentiable=True) as tape:
         _, output = forward(model, x, None)
-        (by_blocks,) = list(BlockJacobians(layers, blocks).tiles(x, output, tape, directions))
-        (by_vmap,) = list(PerSampleJacobians(model, layers, x, None).tiles(x, output, tape,
-                                                                          directions))
+        (by_blocks,) = list(BlockJacobians(layers, blocks).tiles(x, output, tape, directions,
+                                                                 shifts))
+        (by_vmap,) = list(PerSampleJacobians(model, layers, x, None).tiles(
+            x, output, tape, directions, shifts))
     for name in layers:
-        torch.testing.assert_close(by_blocks[name].cotangents, by_vmap[name].cotangents,
-                                   rtol=1e-12, atol=1e-14)
+        assert len(by_blocks[name].cotangents) == len(by_vmap[name].cotangents) == 3
+        for got, want in zip(by_blocks[name].cotangents, by_vmap[name].cotangents, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+        # batched and single-sample products round apart
         torch.testing.assert_close(by_blocks[name].inputs, by_vmap[name].inputs, rtol=1e-12,
-                                   atol=1e-14)  # batched and single-sample products round apart
+                                   atol=1e-14)
 
 
 def test_token_major_rows_and_shared_rows_are_not_taken_for_sample_blocks():

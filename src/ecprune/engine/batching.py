@@ -167,3 +167,11 @@ def iter_batches(
             if targets is not None:
                 chunk_targets = targets[start : start + chunk_size].to(device=device)
             yield Batch(chunk, chunk_targets, first + start)
+
+
+def split_batches(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
+    """The same samples in batches of at most ``size``, each with its own ``start``."""
+    for batch in batches:
+        for k in range(0, len(batch.inputs), size):
+            targets = None if batch.targets is None else batch.targets[k:k + size]
+            yield Batch(batch.inputs[k:k + size], targets, batch.start + k)

@@ -30,9 +30,14 @@ from torch.func import vjp, vmap
 from .tape import LayerTape, forward
 
 # Elements of the cotangents (samples x directions x rows x width) computed at once.
-JACOBIAN_ELEMENTS = 2**23
-# Elements of the per-sample products H (samples x directions x n_out x n_in) formed at once.
-PRODUCT_ELEMENTS = 2**23
+JACOBIAN_ELEMENTS = 2**24
+# Elements of the per-sample products H (samples x n_out x n_in) formed at once: small enough
+# for the product to be squared and summed while it is still in the cache.
+PRODUCT_ELEMENTS = 2**19
+# Rows of the layer with the most rows per sample in one pass of the block engine: chunks are
+# split into passes of this size, whose activations stay in the cache (a 262,144-row gradient
+# pass is 2.7 times slower per sample, docs/performance.md).
+BLOCK_ROWS = 4096
 POSITIONS = ("auto", "exact", "independent")
 
 
@@ -93,10 +98,12 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @dataclass
 class LayerRows:
-    """One layer's per-sample cotangents ``c`` (B, directions, rows, n_out) and inputs ``a``
-    (B, rows, n_in), the rows of every call concatenated in call order."""
+    """One layer's per-sample cotangents ``c``, one (B, rows, n_out) tensor per direction, and
+    inputs ``a``
+    (B, rows, n_in) about the layer's input shift, the rows of every call concatenated in call
+    order."""
 
-    cotangents: torch.Tensor
+    cotangents: tuple[torch.Tensor, ...]
     inputs: torch.Tensor
 
 
@@ -150,17 +157,18 @@ class PerSampleJacobians:
         return output.reshape(-1), {name: torch.cat(rows) for name, rows in inputs.items()}
 
     def tiles(self, inputs: torch.Tensor, output: torch.Tensor, tape: LayerTape,
-              directions: torch.Tensor) -> Iterator[dict[str, LayerRows]]:
+              directions: torch.Tensor,
+              shifts: dict[str, torch.Tensor]) -> Iterator[dict[str, LayerRows]]:
         """Per tile of samples, every layer's :class:`LayerRows`; ``directions`` (B, k, n_out):
-        per sample, the output directions ``z``. Tiles keep the cotangents near
-        ``JACOBIAN_ELEMENTS``. (``output`` and ``tape``, of the chunk's own forward, are not
-        needed: every sample runs again on its own.)"""
+        per sample, the output directions ``z``; ``shifts``: each layer's input shift. Tiles
+        keep the cotangents near ``JACOBIAN_ELEMENTS``. (``output`` and ``tape``, of the
+        chunk's own forward, are not needed: every sample runs again on its own.)"""
         del output
         with tape.paused():
-            yield from self._tiles(inputs, directions)
+            yield from self._tiles(inputs, directions, shifts)
 
-    def _tiles(self, inputs: torch.Tensor,
-               directions: torch.Tensor) -> Iterator[dict[str, LayerRows]]:
+    def _tiles(self, inputs: torch.Tensor, directions: torch.Tensor,
+               shifts: dict[str, torch.Tensor]) -> Iterator[dict[str, LayerRows]]:
         reference = next(iter(self.layers.values())).weight
         deltas = {name: [torch.zeros(s, dtype=reference.dtype, device=reference.device)
                          for s in shapes] for name, shapes in self.shapes.items()}
@@ -176,22 +184,30 @@ class PerSampleJacobians:
         step = max(1, JACOBIAN_ELEMENTS // max(1, directions.shape[1] * width))
         for k in range(0, len(inputs), step):
             cotangents, rows = vmap(per_sample)(inputs[k:k + step], directions[k:k + step])
-            yield {name: LayerRows(cotangents[name], rows[name]) for name in self.layers}
+            yield {name: LayerRows(cotangents[name].unbind(1),
+                                   rows[name] - shifts[name].to(rows[name].dtype))
+                   for name in self.layers}
 
 
 class BlockJacobians:
     """The same cotangents as :class:`PerSampleJacobians` when every sample's rows are a block
-    of the batch's rows (:func:`sample_blocks`): batched reverse passes through the chunk's own
-    forward, ``is_grads_batched`` over blocks of directions, cost about one backward pass per
-    direction."""
+    of the batch's rows (:func:`sample_blocks`): one reverse pass through the chunk's own
+    forward per direction (``is_grads_batched`` measured up to 4 times slower on the CPU),
+    yielded in tiles of as many directions as keep them near ``JACOBIAN_ELEMENTS``."""
 
     needs_graph = True  # reverse passes through the chunk's forward
 
     def __init__(self, layers: dict[str, nn.Linear], blocks: dict[str, list[int]]):
         self.layers, self.blocks = layers, blocks
 
+    def samples_per_pass(self) -> int:
+        """Samples per pass: their rows in the layer with the most rows per sample are at most
+        ``BLOCK_ROWS`` (at least one sample)."""
+        return max(1, BLOCK_ROWS // max(sum(blocks) for blocks in self.blocks.values()))
+
     def tiles(self, inputs: torch.Tensor, output: torch.Tensor, tape: LayerTape,
-              directions: torch.Tensor) -> Iterator[dict[str, LayerRows]]:
+              directions: torch.Tensor,
+              shifts: dict[str, torch.Tensor]) -> Iterator[dict[str, LayerRows]]:
         batch, k = directions.shape[:2]
         calls = [(name, a, u) for name in self.layers for a, u in tape.calls[name]]
         for name in self.layers:
@@ -201,24 +217,30 @@ class BlockJacobians:
                     f"Linear layer {name!r} had {self.blocks[name]} rows per sample in its calls "
                     f"on the first chunk but {rows} rows for {batch} samples on this one; pass "
                     "positions='exact'.")
-        inputs_by_layer = {name: torch.cat([a.reshape(batch, -1, a.shape[-1])
-                                            for a, _ in tape.calls[name]], 1)
+        inputs_by_layer = {name: _cat([a.reshape(batch, -1, a.shape[-1])
+                                       for a, _ in tape.calls[name]], 1)
+                                 - shifts[name].to(tape.calls[name][0][0].dtype)
                            for name in self.layers}
         width = sum(u.numel() for _, _, u in calls)
-        step = max(1, JACOBIAN_ELEMENTS // max(1, width))
-        for start in range(0, k, step):
-            stop = min(k, start + step)
-            grads = torch.autograd.grad(
-                output, [u for _, _, u in calls],
-                grad_outputs=directions[:, start:stop].transpose(0, 1).contiguous(),
-                is_grads_batched=True, retain_graph=stop < k, allow_unused=True)
-            by_layer: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
-            for (name, _, u), grad in zip(calls, grads, strict=True):
-                grad = torch.zeros((stop - start, *u.shape), dtype=u.dtype,
-                                   device=u.device) if grad is None else grad
-                by_layer[name].append(grad.reshape(stop - start, batch, -1, u.shape[-1]))
-            yield {name: LayerRows(torch.cat(parts, 2).transpose(0, 1), inputs_by_layer[name])
-                   for name, parts in by_layer.items()}
+        group = max(1, JACOBIAN_ELEMENTS // max(1, width))
+        for start in range(0, k, group):
+            tile: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+            for z in range(start, min(k, start + group)):
+                grads = torch.autograd.grad(output, [u for _, _, u in calls],
+                                            grad_outputs=directions[:, z],
+                                            retain_graph=z < k - 1, allow_unused=True)
+                by_layer: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+                for (name, _, u), grad in zip(calls, grads, strict=True):
+                    grad = torch.zeros_like(u) if grad is None else grad
+                    by_layer[name].append(grad.reshape(batch, -1, u.shape[-1]))
+                for name, parts in by_layer.items():
+                    tile[name].append(_cat(parts, 1))
+            yield {name: LayerRows(tuple(c), inputs_by_layer[name]) for name, c in tile.items()}
+
+
+def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """``torch.cat`` without the copy of a single part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
 def exact_directions(batch: int, n_out: int, *, dtype: torch.dtype,
@@ -227,27 +249,32 @@ def exact_directions(batch: int, n_out: int, *, dtype: torch.dtype,
     return torch.eye(n_out, dtype=dtype, device=device).expand(batch, n_out, n_out)
 
 
-def position_sums(rows: LayerRows, shift: torch.Tensor, *, independent: bool):
+def position_sums(rows: LayerRows, *, independent: bool):
     """One chunk's ``(S, P, Q, D)`` of a layer in the model's dtype: ``S = sum |G|^2``
     (n_out), ``P = sum G . H`` and ``Q = sum |H|^2`` (n_out, n_in), with ``H`` taken about the
-    input ``shift``, and ``D = sum_p |g_p|^2`` (n_out), the rows' own sensitivities.
+    layer's input shift, and ``D = sum_p |g_p|^2`` (n_out), the rows' own sensitivities.
     ``independent``: rows treated as samples (``G, H`` of each row alone, no cross terms)."""
-    c, a = rows.cotangents, rows.inputs - shift.to(rows.inputs.dtype)  # (B,k,R,o), (B,R,i)
-    row_sens = c.square().sum(1)  # (B, R, o): sum over directions
+    c, a = rows.cotangents, rows.inputs  # k x (B, R, o), (B, R, i)
+    batch, _, n_out = c[0].shape
+    n_in = a.shape[-1]
     if independent:
-        s, a = row_sens.reshape(-1, row_sens.shape[-1]), a.reshape(-1, a.shape[-1])
-        return s.sum(0), s.T @ a, s.T @ a.square(), s.sum(0)
-    g = c.sum(2)  # (B, k, o)
-    n_out, n_in = c.shape[-1], a.shape[-1]
-    # P = sum_b sum_r (sum_z G_bz c_bzr) a_br: one GEMM.
-    weights = torch.einsum("bzo,bzro->bro", g, c).reshape(-1, n_out)
-    p = weights.T @ a.reshape(-1, n_in)
-    q = a.new_zeros(n_out, n_in)
-    k, rows = c.shape[1], c.shape[2]
-    step = max(1, PRODUCT_ELEMENTS // max(1, k * n_out * n_in))
-    for b in range(0, len(c), step):
-        # H of every direction at once: (b, k o, R) @ (b, R, i), one batched GEMM.
-        left = c[b:b + step].permute(0, 1, 3, 2).reshape(-1, k * n_out, rows)
-        h = torch.bmm(left, a[b:b + step])  # (b, k o, i)
-        q += h.square().sum(0).reshape(k, n_out, n_in).sum(0)
-    return g.square().sum((0, 1)), p, q, row_sens.sum((0, 1))
+        s = c[0].square()  # (B, R, o): summed over directions
+        for c_z in c[1:]:
+            s.addcmul_(c_z, c_z)
+        s, a = s.reshape(-1, n_out), a.reshape(-1, n_in)
+        d = s.sum(0)
+        return d, s.T @ a, s.T @ a.square(), d
+    g = torch.stack([c_z.sum(1) for c_z in c])  # (k, B, o)
+    p, q, d = a.new_zeros(n_out, n_in), a.new_zeros(n_out, n_in), a.new_zeros(n_out)
+    step = max(1, PRODUCT_ELEMENTS // (n_out * n_in))
+    h, gh = a.new_empty(min(step, batch), n_out, n_in), a.new_empty(min(step, batch), n_out, n_in)
+    for z, c_z in enumerate(c):
+        for b in range(0, batch, step):
+            # H of direction z for a few samples, (b, o, R) @ (b, R, i), used in the cache.
+            part, weighted = h[:min(step, batch - b)], gh[:min(step, batch - b)]
+            block = c_z[b:b + step]
+            torch.bmm(block.transpose(1, 2), a[b:b + step], out=part)
+            p += torch.mul(part, g[z, b:b + step, :, None], out=weighted).sum(0)
+            q += part.square_().sum(0)
+            d += block.square().sum((0, 1))
+    return g.square().sum((0, 1)), p, q, d

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from .batching import Batch
+from .batching import Batch, split_batches
 from .positions import (
     BlockJacobians,
     PerSampleJacobians,
@@ -216,10 +216,11 @@ class Accumulator:
                                     dtype=output.dtype, device=output.device)
         independent = request.positions == "independent"
         with torch.set_grad_enabled(self.per_sample.needs_graph):
-            for tile in self.per_sample.tiles(batch.inputs, output, tape, directions):
+            shifts = {name: layer.input_shift for name, layer in stats.layers.items()}
+            for tile in self.per_sample.tiles(batch.inputs, output, tape, directions, shifts):
                 for name, rows in tile.items():
                     layer = stats.layers[name]
-                    sums = position_sums(rows, layer.input_shift, independent=independent)
+                    sums = position_sums(rows, independent=independent)
                     for total, part in zip((layer.sens_sum, layer.sens_act, layer.sens_act_sq,
                                             layer.row_sens_sum), sums, strict=True):
                         total += part.to(ACCUMULATE_DTYPE)
@@ -344,6 +345,8 @@ def collect_statistics(
         if first is not None:
             chunks = itertools.chain([first], chunks)
         per_sample = _per_sample_engine(model, layers, first, request, output_fn)
+        if isinstance(per_sample, BlockJacobians):
+            chunks = split_batches(chunks, per_sample.samples_per_pass())
         chain = None
         if (per_sample is None and request.sensitivity and request.loss is None
                 and output_fn is None):
