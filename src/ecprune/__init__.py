@@ -7,11 +7,12 @@
 (56, 112)
 """
 
-from . import distributed, methods, structured
+from . import distributed, masking, methods, structured
 from .api import importance, prune, prune_by_importance
 from .budget import BudgetChoice, budget_sparsity, prune_to_budget
 from .engine.layers import bake_masks
 from .export.compaction import compact, layer_shapes
+from .export.semi_structured import to_semi_structured
 from .export.sparse import SparseLinear, to_sparse
 from .measure import OutputError, output_error
 from .methods import LayerImportance, Method
@@ -46,6 +47,7 @@ __all__ = [
     "distributed",
     "importance",
     "layer_shapes",
+    "masking",
     "methods",
     "output_error",
     "prune",
@@ -53,5 +55,6 @@ __all__ = [
     "prune_neurons",
     "prune_to_budget",
     "structured",
+    "to_semi_structured",
     "to_sparse",
 ]

@@ -16,6 +16,7 @@ from ._validation import check_choice, check_positive_int, check_sparsity
 from .engine.batching import check_reiterable
 from .engine.layers import keep_mask, select_layers
 from .masking.apply import preserved
+from .masking.pattern import Pattern, check_pattern_layers, check_pattern_sparsity, parse_pattern
 from .masking.schedule import step_sparsities
 from .masking.selection import SCOPES
 from .methods import Method
@@ -66,12 +67,28 @@ def _scope(method: Method, scope: str | None, caller: str) -> str:
     return check_choice("scope", scope, SCOPES, caller=caller)
 
 
+def _pattern(pattern: object, sparsity: object, scope: str | None,
+             caller: str) -> tuple[Pattern | None, float]:
+    """The parsed N:M ``pattern`` (None without one) and the sparsity to prune to, checked
+    against each other and ``scope``."""
+    if pattern is None:
+        return None, check_sparsity(sparsity, caller=caller)
+    pattern = parse_pattern(pattern, caller=caller)
+    if scope is not None:
+        raise ValueError(
+            f"The 'scope' parameter of {caller} must be None with pattern='{pattern}': the "
+            f"pattern selects within each group of {pattern.m} inputs of a row, so scope and the "
+            f"methods' per-layer allocations do not apply. Got scope={scope!r}; drop it.")
+    return pattern, check_pattern_sparsity(sparsity, pattern, caller=caller)
+
+
 def _removed(layers: dict[str, nn.Linear]) -> int:
     return sum(int((~keep_mask(layer)).sum()) for layer in layers.values())
 
 
-def prune(model: nn.Module, data: object, sparsity: float, method: str | Method = "ecp",
-          scope: str | None = None, *, steps: int = 1, **options) -> PruneReport:
+def prune(model: nn.Module, data: object, sparsity: float | None = None,
+          method: str | Method = "ecp", scope: str | None = None, *, steps: int = 1,
+          pattern: str | None = None, **options) -> PruneReport:
     """Score, then remove exactly ``round(sparsity * |W|)`` weights of ``model`` in place.
 
     Compensating methods (ecp, nonlinear, magnitude-comp) add the shifts of the removed
@@ -86,6 +103,13 @@ def prune(model: nn.Module, data: object, sparsity: float, method: str | Method 
     time (the refitting methods refit toward the network as it was before the first step). It is
     all or nothing: on an error the model is left as it was.
 
+    ``pattern="N:M"`` (e.g. ``"2:4"``): semi-structured sparsity. In every row, each group of
+    ``M`` consecutive inputs keeps ``N`` weights, its ``M - N`` lowest scores removed (weights
+    already masked count as removed); the layers' ``in_features`` must be multiples of ``M``.
+    ``sparsity`` is then ``1 - N/M`` or None, ``scope`` None and ``steps`` 1; compensation and
+    the reconstructions keep the pattern (SparseGPT chooses each group as in its paper's N:M
+    variant). The report's ``scope`` is the pattern.
+
     Examples
     --------
     >>> import torch, ecprune
@@ -96,13 +120,20 @@ def prune(model: nn.Module, data: object, sparsity: float, method: str | Method 
     >>> ecprune.prune(net, torch.randn(128, 3), 0.75, ecprune.methods.SparseGPT(block_size=4)).kept
     10
     """
-    sparsity = check_sparsity(sparsity, caller="prune")
+    pattern, sparsity = _pattern(pattern, sparsity, scope, "prune")
     check_positive_int("steps", steps, caller="prune")
+    if pattern is not None and steps > 1:
+        raise ValueError(
+            f"steps>1 is not supported with pattern='{pattern}': every group keeps exactly "
+            f"{pattern.n} of {pattern.m} in one pruning, and a partial pattern is undefined. "
+            f"Got steps={steps}; pass steps=1.")
     method, opts = parse_options(method, options, "prune")
-    scope = _scope(method, scope, "prune")
+    scope = _scope(method, scope, "prune") if pattern is None else str(pattern)
     if steps > 1 or method.rereads_data:
         check_reiterable(data, f"method={method.label!r} with steps={steps}")
     layers = select_layers(model, opts.layers)
+    if pattern is not None:
+        check_pattern_layers(layers, pattern)
     distributed.check_agreement(fingerprint(method, opts, layers, data, sparsity=sparsity,
                                             scope=scope, steps=steps))
     reference = detached_copy(model) if method.needs_reference else None
@@ -117,9 +148,10 @@ def prune(model: nn.Module, data: object, sparsity: float, method: str | Method 
     return combine_reports(reports)
 
 
-def prune_by_importance(model: nn.Module, importances: Importances, sparsity: float,
-                        scope: str | None = None, *, data: object = None,
-                        add_bias: bool | None = None) -> PruneReport:
+def prune_by_importance(model: nn.Module, importances: Importances,
+                        sparsity: float | None = None, scope: str | None = None, *,
+                        data: object = None, add_bias: bool | None = None,
+                        pattern: str | None = None) -> PruneReport:
     """Prune ``model`` in place from precomputed :func:`importance` results, as :func:`prune`
     does after scoring.
 
@@ -128,7 +160,7 @@ def prune_by_importance(model: nn.Module, importances: Importances, sparsity: fl
     ``"sparsegpt"`` and ``"sparsegpt-refit"`` raise without it; ``"ecp-refit"`` without it
     applies ECP's selection and shifts only, the refit's starting point. The run's options
     (chunk size, ``output_fn``, ``add_bias``) are those the importances were computed with;
-    ``add_bias`` overrides theirs.
+    ``add_bias`` overrides theirs. ``pattern="N:M"`` as in :func:`prune`.
 
     Examples
     --------
@@ -139,7 +171,7 @@ def prune_by_importance(model: nn.Module, importances: Importances, sparsity: fl
     >>> ecprune.prune_by_importance(copy.deepcopy(net), scores, 0.5, data=x).kept
     20
     """
-    sparsity = check_sparsity(sparsity, caller="prune")
+    pattern, sparsity = _pattern(pattern, sparsity, scope, "prune")
     if not isinstance(importances, Importances):
         raise TypeError("The 'importances' parameter of prune_by_importance must be the result "
                         f"of ecprune.importance. Got {type(importances).__name__} instead.")
@@ -152,8 +184,10 @@ def prune_by_importance(model: nn.Module, importances: Importances, sparsity: fl
             "after scoring, so prune_by_importance needs it: pass data=... (the data the "
             "importances were computed on), or use ecprune.prune."
         )
-    scope = _scope(method, scope, "prune")
+    scope = _scope(method, scope, "prune") if pattern is None else str(pattern)
     layers = select_layers(model, list(importances))
+    if pattern is not None:
+        check_pattern_layers(layers, pattern)
     if data is not None and method.rereads_data:
         check_reiterable(data, f"method={method.label!r}")
     batches = None if data is None else batch_factory(model, data, opts)

@@ -59,6 +59,12 @@ def parse_options(method: str | Method, options: dict, caller: str) -> tuple[Met
     Unknown keywords are a TypeError listing the valid ones; a method option the method does
     not take is a TypeError naming the methods it belongs to.
     """
+    if "pattern" in options:  # a keyword of prune and prune_by_importance only
+        raise ValueError(
+            f"{caller}() got pattern={options['pattern']!r}, but an N:M pattern applies when "
+            "pruning: it is an option of ecprune.prune and ecprune.prune_by_importance, and "
+            "the scores do not depend on it. It fixes the sparsity at 1 - N/M, so an error "
+            "budget (prune_to_budget) cannot choose one: use ecprune.prune(..., pattern=...).")
     unknown = sorted(set(options) - set(RUN_OPTIONS) - set(METHOD_OPTIONS))
     if unknown:
         valid = [*RUN_OPTIONS, *METHOD_OPTIONS]

@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 import ecprune
 from ecprune import distributed, methods
 from ecprune.engine.layers import copy_model, model_dtype_device, select_layers
+from ecprune.engine.positions import POSITIONS
 from ecprune.engine.tape import LayerTape, eval_mode, forward
 from ecprune.masking.selection import SCOPES
 from ecprune.methods import LOSSES
@@ -31,6 +32,7 @@ from ecprune.structured.selection import SCOPES as NEURON_SCOPES
 from .command import add_command
 from .data_files import FORMATS, LoadedData, load_data
 from .loading import is_factory_spec, load_model
+from .pattern import add_pattern_option, check_amount
 from .prune_output import Outputs, build_report, format_table, plan_outputs, write_outputs
 
 EPILOG = """examples:
@@ -87,7 +89,8 @@ def neuron_method(args: argparse.Namespace):
     """``--neurons``: the unit-removal method of ``--method`` and its options."""
     if not 0 <= args.neurons < 1:
         raise ValueError(f"--neurons must be in [0, 1); got {args.neurons}.")
-    for flag, given in (("--steps", args.steps != 1), ("--compact", args.compact)):
+    for flag, given in (("--steps", args.steps != 1), ("--compact", args.compact),
+                        ("--positions", args.positions != "auto")):
         if given:
             raise ValueError(f"--neurons removes whole units in one step and writes the smaller "
                              f"model; drop {flag}.")
@@ -103,10 +106,11 @@ def neuron_method(args: argparse.Namespace):
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Fail on inconsistent options before loading anything; sets ``args.pruner``, the method."""
+    check_amount(args)
     if args.method is None:
         args.method = "ecp" if args.neurons is None else "ecp-refit"
     args.pruner = build_method(args) if args.neurons is None else neuron_method(args)
-    if args.scope not in SCOPES:
+    if args.pattern is None and args.scope not in SCOPES:
         raise ValueError(f"Unknown --scope {args.scope!r}; choose one of {', '.join(SCOPES)}.")
     if args.error_budget is not None:
         if not args.pruner.predicts_error:
@@ -153,11 +157,12 @@ def prune_model(model: nn.Module, data: LoadedData, args: argparse.Namespace) ->
     dense = copy_model(model)
     dataset = data.inputs if data.targets is None else TensorDataset(data.inputs, data.targets)
     options = dict(layers=args.layers, chunk_size=args.chunk_size, seed=args.seed,
-                   add_bias=args.add_bias, progress=False if args.quiet else None)
+                   add_bias=args.add_bias, positions=args.positions,
+                   progress=False if args.quiet else None)
     start = time.perf_counter()
     if args.steps > 1 or args.pruner.rereads_data:  # more passes over the data after scoring
         report = ecprune.prune(model, dataset, args.sparsity, args.pruner, args.scope,
-                               steps=args.steps, **options)
+                               steps=args.steps, pattern=args.pattern, **options)
         scoring = report.scoring_seconds
     else:
         scores = ecprune.importance(model, dataset, args.pruner, **options)
@@ -165,7 +170,7 @@ def prune_model(model: nn.Module, data: LoadedData, args: argparse.Namespace) ->
         if args.error_budget is not None:
             sparsity = ecprune.budget_sparsity(model, scores, args.error_budget).sparsity
         report = ecprune.prune_by_importance(model, scores, sparsity, args.scope,
-                                             add_bias=args.add_bias)
+                                             add_bias=args.add_bias, pattern=args.pattern)
     ecprune.bake_masks(model)
     empty = [name for name, layer in report.layers.items() if layer.kept == 0]
     if empty and distributed.is_main_process():
@@ -302,7 +307,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pruning")
-    amount = group.add_mutually_exclusive_group(required=True)
+    amount = group.add_mutually_exclusive_group()
     amount.add_argument("--sparsity", type=float, metavar="R",
                         help="fraction of the weights to remove, in [0, 1)")
     amount.add_argument("--error-budget", type=float, metavar="BUDGET",
@@ -316,7 +321,8 @@ def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--method",
                        help=f"one of {', '.join(ecprune.METHODS)} (default: ecp; with "
                             "--neurons: ecp-refit)")
-    group.add_argument("--scope", default="global",
+    add_pattern_option(group)
+    group.add_argument("--scope",
                        help="global (one ranking over all layers, default), layer or row")
     group.add_argument("--steps", type=int, default=1, metavar="K",
                        help="reach --sparsity in K prunings, re-scoring the pruned model each "
@@ -339,6 +345,11 @@ def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
                             "ecp-nocomp, ecp-refit, sparsegpt, sparsegpt-refit; default: auto)")
     group.add_argument("--probes", type=int, metavar="N",
                        help="Hutchinson probes per sample (default: 8)")
+    group.add_argument("--positions", choices=list(POSITIONS), default="auto",
+                       help="layers with several rows per sample (tokens, query points, "
+                            "repeated calls): auto (exact per-sample sums where needed, "
+                            "default), exact (force them) or independent (rows treated as "
+                            "samples, faster and approximate)")
     group.add_argument("--damping", type=float, metavar="D",
                        help="relative ridge of the Gram matrices of ecp-refit, sparsegpt and "
                             "sparsegpt-refit (default: 0.01)")

@@ -5,8 +5,10 @@ order of :func:`ecprune.masking.order.removal_order`: weights already masked fir
 pruned and count toward the ratio), then the lowest scores, ties broken by position (layer
 order, then row-major index). ``scope`` sets where scores compete: ``"global"`` (all layers
 together), ``"layer"`` (the same ratio in every layer) or ``"row"`` (the same ratio in every
-output row, as Wanda compares its scores); a method's own per-layer counts go through
-:func:`select_counts`. Applying a selection is :mod:`ecprune.masking.apply`.
+output row, as Wanda compares its scores) or an N:M pattern's groups (``"2:4"``: every group
+of 4 consecutive inputs of a row keeps 2, :mod:`ecprune.masking.pattern`); a method's own
+per-layer counts go through :func:`select_counts`. Applying a selection is
+:mod:`ecprune.masking.apply`.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from dataclasses import dataclass
 import torch
 
 from .order import lowest, removal_order
+from .pattern import Pattern, check_existing, group_removals, parse_pattern
 
 SCOPES = ("global", "layer", "row")
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Weights to remove now (``newly_pruned``, bool per layer) and each layer's threshold."""
+    """Weights to remove now (``newly_pruned``, bool per layer), each layer's threshold and
+    the N:M ``pattern`` the selection follows (None: unstructured), which the weight updates
+    keep (:mod:`ecprune.masking.pattern`)."""
 
     newly_pruned: dict[str, torch.Tensor]
     thresholds: dict[str, float | None]
+    pattern: Pattern | None = None
 
 
 def layer_counts(totals: dict[str, int], sparsity: float) -> dict[str, int]:
@@ -55,44 +61,69 @@ def already_pruned_error(name: str, existing: int, wanted: int, total: int) -> V
     )
 
 
-def _threshold(scores: torch.Tensor, newly: torch.Tensor) -> float | None:
+def threshold(scores: torch.Tensor, newly: torch.Tensor) -> float | None:
+    """The highest score removed now (None if none is)."""
     return scores[newly].max().item() if newly.any() else None
 
 
-def _check_finite(scores: dict[str, torch.Tensor]) -> None:
+def check_finite(scores: dict[str, torch.Tensor]) -> None:
+    """Raise if a score is NaN or infinite."""
     if any(not torch.isfinite(s).all() for s in scores.values()):
         raise ValueError("Scores contain NaN or infinite values; cannot rank the weights.")
 
 
 def select(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
            sparsity: float, scope: str) -> Selection:
-    """Choose the weights to remove; ``present`` holds each layer's current keep mask."""
-    _check_finite(scores)
+    """Choose the weights to remove; ``present`` holds each layer's current keep mask.
+    ``scope`` is one of :data:`SCOPES` or an N:M pattern such as ``"2:4"`` (the scores then
+    compete within each group and ``sparsity`` is the pattern's, :func:`select_pattern`)."""
+    check_finite(scores)
     if scope == "global":
-        flat_scores = torch.cat([s.reshape(-1).to(torch.float64).cpu() for s in scores.values()])
-        flat_present = torch.cat([p.reshape(-1).cpu() for p in present.values()])
-        total, count = flat_present.numel(), round(sparsity * flat_present.numel())
-        existing = int((~flat_present).sum())
-        if existing > count:
-            raise already_pruned_error("The model", existing, count, total)
-        removed = lowest(flat_scores, flat_present, count) & flat_present
-        newly, offset = {}, 0
-        for name, s in scores.items():
-            newly[name] = removed[offset : offset + s.numel()].reshape(s.shape).to(s.device)
-            offset += s.numel()
-        threshold = _threshold(flat_scores, removed)
-        return Selection(newly, dict.fromkeys(scores, threshold))
+        return _select_global(scores, present, sparsity)
     if scope == "row":
         return _select_rows(scores, present, sparsity)
-    counts = layer_counts({name: s.numel() for name, s in scores.items()}, sparsity)
-    return select_counts(scores, present, counts)
+    if scope == "layer":
+        counts = layer_counts({name: s.numel() for name, s in scores.items()}, sparsity)
+        return select_counts(scores, present, counts)
+    return select_pattern(scores, present, parse_pattern(scope, caller="select"))
+
+
+def _select_global(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                   sparsity: float) -> Selection:
+    """``scope="global"``: one ranking over all layers."""
+    flat_scores = torch.cat([s.reshape(-1).to(torch.float64).cpu() for s in scores.values()])
+    flat_present = torch.cat([p.reshape(-1).cpu() for p in present.values()])
+    total, count = flat_present.numel(), round(sparsity * flat_present.numel())
+    existing = int((~flat_present).sum())
+    if existing > count:
+        raise already_pruned_error("The model", existing, count, total)
+    removed = lowest(flat_scores, flat_present, count) & flat_present
+    newly, offset = {}, 0
+    for name, s in scores.items():
+        newly[name] = removed[offset : offset + s.numel()].reshape(s.shape).to(s.device)
+        offset += s.numel()
+    cut = threshold(flat_scores, removed)
+    return Selection(newly, dict.fromkeys(scores, cut))
+
+
+def select_pattern(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                   pattern: Pattern) -> Selection:
+    """Every group of ``M`` consecutive inputs of every row keeps exactly ``N`` weights: its
+    ``M - N`` first in the removal order go (:func:`ecprune.masking.pattern.group_removals`)."""
+    check_finite(scores)
+    newly = {}
+    for name, s in scores.items():
+        check_existing(name, present[name], pattern)
+        newly[name] = group_removals(s, present[name], pattern) & present[name]
+    return Selection(newly, {name: threshold(s, newly[name]) for name, s in scores.items()},
+                     pattern=pattern)
 
 
 def select_counts(scores: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
                   counts: dict[str, int]) -> Selection:
     """``counts[name]`` removals in each layer (weights already masked included), each by its
     lowest scores."""
-    _check_finite(scores)
+    check_finite(scores)
     newly, thresholds = {}, {}
     for name, s in scores.items():
         keep = present[name].reshape(-1)
@@ -101,7 +132,7 @@ def select_counts(scores: dict[str, torch.Tensor], present: dict[str, torch.Tens
             raise already_pruned_error(f"Layer {name!r}", existing, counts[name], s.numel())
         removed = lowest(s.reshape(-1), keep, counts[name]) & keep
         newly[name] = removed.reshape(s.shape)
-        thresholds[name] = _threshold(s.reshape(-1), removed)
+        thresholds[name] = threshold(s.reshape(-1), removed)
     return Selection(newly, thresholds)
 
 
@@ -123,5 +154,5 @@ def _select_rows(scores: dict[str, torch.Tensor], present: dict[str, torch.Tenso
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
         newly[name] = (rank < wanted[:, None]) & keep
-        thresholds[name] = _threshold(s, newly[name])
+        thresholds[name] = threshold(s, newly[name])
     return Selection(newly, thresholds)

@@ -26,7 +26,9 @@ class ECPADMM(ECPRefit):
     (:mod:`ecprune.reconstruct.admm`). Every row is then refit exactly on its support, toward
     the same targets, with ``damping``'s ridge toward the ECP-compensated row
     (:mod:`ecprune.reconstruct.support`). ``refine="swaps"`` and ``objective="network"`` as
-    for ``"ecp-refit"``; the fit is plain least squares (no ``refit_weighting``).
+    for ``"ecp-refit"``; the fit is plain least squares (no ``refit_weighting``). With an N:M
+    ``pattern`` the counts hold per group (ECP's per-group removals) and ADMM's projection
+    keeps ``N`` of every group.
 
     ``iterations``: ADMM iterations per layer (default 40); ``rho``: the penalty, relative to
     the inputs' variances (default 0.3; Boza's 1.0 and 3.0 did worse on MNIST, see
@@ -52,12 +54,20 @@ class ECPADMM(ECPRefit):
                 f"plain least-squares problem. Got {self.weighting!r} instead.")
 
     def support(self, step: UpdateStep):
-        newly = step.selection.newly_pruned
+        newly, pattern = step.selection.newly_pruned, step.selection.pattern
 
         def choose(problem: LayerProblem) -> torch.Tensor:
-            removals = (newly[problem.name][:, problem.columns] & problem.candidates).sum(1)
+            dropped = newly[problem.name][:, problem.columns] & problem.candidates
+            groups = None if pattern is None else problem.columns // pattern.m
+            removals = dropped.sum(1) if groups is None else _group_sums(dropped, groups)
             return admm_supports(problem.gram, problem.cross, problem.start,
                                  problem.candidates, removals, rho=self.rho,
-                                 iterations=self.iterations)
+                                 iterations=self.iterations, groups=groups)
 
         return choose
+
+
+def _group_sums(dropped: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Removals per row and N:M group (n_out, groups) of a (n_out, m) bool mask."""
+    sums = dropped.new_zeros((len(dropped), int(groups.max()) + 1), dtype=torch.long)
+    return sums.index_add_(1, groups, dropped.long())

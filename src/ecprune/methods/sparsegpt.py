@@ -53,7 +53,8 @@ class SparseGPT(SensitivityMethod):
         return LayerImportance(mean_sensitivity * saliency, None)
 
     def update(self, step: UpdateStep) -> None:
-        """SparseGPT on every layer, input to output, to the selection's per-layer counts."""
+        """SparseGPT on every layer, input to output, to the selection's per-layer counts (or
+        its N:M pattern, whose groups SparseGPT chooses itself)."""
         if not step.removes_any:
             return
         newly = step.selection.newly_pruned
@@ -61,7 +62,8 @@ class SparseGPT(SensitivityMethod):
                   for name, layer in step.layers.items()}
         sparsegpt_layers(step.model, step.layers, counts, step.batches, damping=self.damping,
                          block_size=self.block_size, output_fn=step.options.output_fn,
-                         progress=step.options.progress, grams=step.importances.grams)
+                         progress=step.options.progress, grams=step.importances.grams,
+                         pattern=step.selection.pattern)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,13 +45,15 @@ def ecp_support(step: UpdateStep) -> Chooser:
 
 def support_refit(step: UpdateStep, choose: Chooser, *, damping: float,
                   max_swaps: int) -> None:
-    """Choose every row's support (then swap, ``max_swaps`` per row), refit it and write it,
-    layer by layer toward ``step.reference`` (:mod:`ecprune.reconstruct.support`)."""
+    """Choose every row's support (then swap, ``max_swaps`` per row, within the groups of the
+    selection's N:M pattern if it has one), refit it and write it, layer by layer toward
+    ``step.reference`` (:mod:`ecprune.reconstruct.support`)."""
     options = step.options
     shifts = {name: result.bias_shift for name, result in step.importances.items()}
     refit_supports(step.model, step.reference, step.layers, step.batches, choose, shifts,
                    damping=damping, max_swaps=max_swaps, output_fn=options.output_fn,
-                   progress=options.progress, grams=step.importances.grams)
+                   progress=options.progress, grams=step.importances.grams,
+                   pattern=step.selection.pattern)
 
 
 def network_update(step: UpdateStep, *, passes: int, damping: float) -> None:

@@ -73,26 +73,35 @@ def input_variances(hessian: torch.Tensor) -> torch.Tensor:
 
 
 def project(point: torch.Tensor, factors: torch.Tensor, candidates: torch.Tensor,
-            removals: torch.Tensor) -> torch.Tensor:
+            removals: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Keep mask (n_out, m) of the projection: in each row, every candidate but the ``r_i``
-    with the lowest ``point^2 * factors`` (ties by position, as every selection)."""
+    with the lowest ``point^2 * factors`` (ties by position, as every selection). With
+    ``groups`` (m,), the group of each column (N:M patterns), ``removals`` is (n_out, groups)
+    and the count holds in every group of every row."""
+    if groups is None:
+        groups, removals = torch.zeros_like(candidates[0], dtype=torch.long), removals[:, None]
     order = removal_order(point.square() * factors, candidates, dim=1)
+    order = order.gather(1, torch.argsort(groups[order], dim=1, stable=True))  # group-major
     rank = torch.empty_like(order).scatter_(
         1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    absent = (~candidates).sum(1, keepdim=True)
-    return rank >= absent + removals[:, None]
+    sizes = torch.bincount(groups, minlength=removals.shape[1])
+    first = (torch.cumsum(sizes, 0) - sizes)[groups]  # where each column's group starts
+    absent = torch.zeros_like(removals).index_add_(1, groups, (~candidates).to(removals.dtype))
+    return rank - first >= (absent + removals)[:, groups]
 
 
 def admm_supports(gram: torch.Tensor, cross: torch.Tensor, start: torch.Tensor,
                   candidates: torch.Tensor, removals: torch.Tensor, *, rho: float,
-                  iterations: int, factors: torch.Tensor | None = None) -> torch.Tensor:
+                  iterations: int, factors: torch.Tensor | None = None,
+                  groups: torch.Tensor | None = None) -> torch.Tensor:
     """The support ADMM finds for every row of a layer (keep mask, (n_out, m)).
 
     ``gram`` (m + 1, m + 1): ``sum x x^T`` over the layer's columns, the ones column last;
     ``cross`` (m + 1, n_out): ``sum x u^T``; ``start`` (n_out, m + 1): the rows ``[W, b]`` it
     starts from; ``candidates`` (n_out, m): the weights a row may keep; ``removals`` (n_out,):
     how many candidates each row drops; ``factors`` (n_out, m): the projection's ``f``
-    (default: the inputs' variances). See the module docstring.
+    (default: the inputs' variances); ``groups`` (m,): each column's N:M group, ``removals``
+    then (n_out, groups) per group (:func:`project`). See the module docstring.
     """
     count = gram[-1, -1]
     hessian, target = gram / count, cross / count
@@ -104,7 +113,7 @@ def admm_supports(gram: torch.Tensor, cross: torch.Tensor, start: torch.Tensor,
     keep = candidates
     for removed in removal_schedule(removals, iterations):
         point = w + v
-        keep = project(point[:-1].T, factors, candidates, removed)
+        keep = project(point[:-1].T, factors, candidates, removed, groups)
         z = point.clone()
         z[:-1] *= keep.T
         v = point - z

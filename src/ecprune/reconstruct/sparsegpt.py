@@ -28,6 +28,12 @@ row, ``E[s_i] w_ij^2 / [H^-1]_jj`` (see :class:`ecprune.methods.SparseGPT`), so 
 cheap weights lose more. Within a layer the removals are spread over the blocks in proportion to
 the weights still present (cumulative rounding: the count is exact); weights already masked stay
 removed and count.
+
+Semi-structured N:M (the paper's section on it): at every column ``j`` with ``j % M == 0`` each
+row removes the ``M - N`` lowest ``w^2 / U_jj^2`` of its columns ``j..j+M-1``, read from the
+row's values at that point (updated by the removals to their left), weights already masked
+first; blocks are rounded down to a multiple of ``M`` (at least ``M``) so that no group straddles
+two, which leaves the result independent of the block size.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from torch import nn
 from ..engine.layers import effective_weight, keep_mask
 from ..engine.statistics import ACCUMULATE_DTYPE, StatisticsRequest, collect_statistics
 from ..masking.order import lowest
+from ..masking.pattern import Pattern, group_removals
 from .layerwise import BatchFactory, augmented_weight, damped, execution_order, write_layer
 
 
@@ -84,23 +91,31 @@ def block_quotas(present: torch.Tensor, prunable: torch.Tensor, count: int,
 
 
 def sparsegpt_rows(weight: torch.Tensor, present: torch.Tensor, prunable: torch.Tensor,
-                   hessian: torch.Tensor, count: int,
-                   block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   hessian: torch.Tensor, count: int, block_size: int,
+                   pattern: Pattern | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on rows ``weight`` (n_out, n) with ``hessian`` (n, n); returns the updated
-    rows (float64, removed entries exactly 0) and the removal mask (n_out, n)."""
+    rows (float64, removed entries exactly 0) and the removal mask (n_out, n). With a
+    ``pattern`` the masks are chosen per group instead (:func:`_group_masks`; ``count`` is
+    unused) and the blocks hold whole groups."""
     rows = weight.to(ACCUMULATE_DTYPE).clone()
     n = rows.shape[1]
     upper = torch.linalg.cholesky(torch.cholesky_inverse(_cholesky(hessian)), upper=True)
+    if pattern is not None:
+        block_size = max(pattern.m, block_size // pattern.m * pattern.m)
     bounds = [(a, min(a + block_size, n)) for a in range(0, n, block_size)]
+    quotas = (block_quotas(present, prunable, count, bounds) if pattern is None
+              else [None] * len(bounds))
     removed = torch.zeros_like(present)
-    for (a, b), quota in zip(bounds, block_quotas(present, prunable, count, bounds), strict=True):
+    for (a, b), quota in zip(bounds, quotas, strict=True):
         block, factor = rows[:, a:b], upper[a:b, a:b]
-        saliency = block.square() / factor.diagonal().square()
-        saliency = torch.where(prunable[:, a:b], saliency, torch.inf)
-        chosen = lowest(saliency.reshape(-1), present[:, a:b].reshape(-1), quota)
-        chosen = chosen.reshape(block.shape)
+        chosen = (_block_masks(block, factor, present[:, a:b], prunable[:, a:b], quota)
+                  if pattern is None else torch.zeros_like(present[:, a:b]))
         errors = torch.zeros_like(block)
         for j in range(b - a):
+            if pattern is not None and j % pattern.m == 0 and prunable[:, a + j].all():
+                group = slice(j, j + pattern.m)
+                chosen[:, group] = _group_masks(block[:, group], factor.diagonal()[group],
+                                                present[:, a:b][:, group], pattern)
             errors[:, j] = torch.where(chosen[:, j], block[:, j], 0) / factor[j, j]
             block[:, j:] -= errors[:, j, None] * factor[j, j:]
         block[chosen] = 0
@@ -109,9 +124,27 @@ def sparsegpt_rows(weight: torch.Tensor, present: torch.Tensor, prunable: torch.
     return rows, removed
 
 
+def _block_masks(block: torch.Tensor, factor: torch.Tensor, present: torch.Tensor,
+                 prunable: torch.Tensor, quota: int) -> torch.Tensor:
+    """The ``quota`` lowest ``w^2 / U_jj^2`` of a block, across its rows (weights already
+    masked first): SparseGPT's adaptive mask selection."""
+    saliency = block.square() / factor.diagonal().square()
+    saliency = torch.where(prunable, saliency, torch.inf)
+    return lowest(saliency.reshape(-1), present.reshape(-1), quota).reshape(block.shape)
+
+
+def _group_masks(group: torch.Tensor, diagonal: torch.Tensor, present: torch.Tensor,
+                 pattern: Pattern) -> torch.Tensor:
+    """SparseGPT's N:M masks of one group of ``M`` columns (n_out, M), from its current values:
+    the ``M - N`` lowest ``w^2 / U_jj^2`` of each row go (weights already masked first)."""
+    saliency = group.square() / diagonal.square()
+    return group_removals(saliency, present, pattern)
+
+
 def sparsegpt_layer(name: str, layer: nn.Linear, gram: torch.Tensor, count: int, *,
-                    damping: float, block_size: int) -> None:
-    """Prune ``layer`` in place to ``count`` removed weights (masked ones included)."""
+                    damping: float, block_size: int, pattern: Pattern | None = None) -> None:
+    """Prune ``layer`` in place to ``count`` removed weights (masked ones included), or to
+    ``pattern``."""
     has_bias = layer.bias is not None
     rows = augmented_weight(effective_weight(layer), layer.bias if has_bias else None)
     present = keep_mask(layer)
@@ -120,7 +153,8 @@ def sparsegpt_layer(name: str, layer: nn.Linear, gram: torch.Tensor, count: int,
         present = torch.cat([present, present.new_ones(len(present), 1)], 1)
         prunable = torch.cat([prunable, prunable.new_zeros(len(prunable), 1)], 1)
     hessian = _layer_hessian(gram / gram[-1, -1], has_bias, damping)
-    updated, removed = sparsegpt_rows(rows, present, prunable, hessian, count, block_size)
+    updated, removed = sparsegpt_rows(rows, present, prunable, hessian, count, block_size,
+                                      pattern)
     n_in = layer.in_features
     write_layer(name, layer, updated[:, :n_in], updated[:, n_in] if has_bias else None,
                 ~removed[:, :n_in])
@@ -129,11 +163,12 @@ def sparsegpt_layer(name: str, layer: nn.Linear, gram: torch.Tensor, count: int,
 def sparsegpt_layers(model: nn.Module, layers: dict[str, nn.Linear], counts: dict[str, int],
                      batches: BatchFactory, *, damping: float = 0.01, block_size: int = 128,
                      output_fn: Callable | None = None, progress: bool | None = None,
-                     grams: dict[str, torch.Tensor] | None = None) -> None:
-    """Prune every layer to ``counts[name]`` removals, one after the other from the input,
-    each on the Gram matrix of its inputs in the network pruned so far (one pass each).
-    ``grams`` (of a pass over the same data): the first layer to run, whose inputs no pruning
-    upstream can change, uses its own and needs no pass."""
+                     grams: dict[str, torch.Tensor] | None = None,
+                     pattern: Pattern | None = None) -> None:
+    """Prune every layer to ``counts[name]`` removals (or to ``pattern``), one after the other
+    from the input, each on the Gram matrix of its inputs in the network pruned so far (one
+    pass each). ``grams`` (of a pass over the same data): the first layer to run, whose inputs
+    no pruning upstream can change, uses its own and needs no pass."""
     request = StatisticsRequest(gram=True)
     for k, name in enumerate(execution_order(model, layers, batches, output_fn)):
         layer = layers[name]
@@ -142,4 +177,5 @@ def sparsegpt_layers(model: nn.Module, layers: dict[str, nn.Linear], counts: dic
         else:
             gram = collect_statistics(model, {name: layer}, batches(), request,
                                       output_fn=output_fn, progress=progress).layers[name].gram
-        sparsegpt_layer(name, layer, gram, counts[name], damping=damping, block_size=block_size)
+        sparsegpt_layer(name, layer, gram, counts[name], damping=damping, block_size=block_size,
+                        pattern=pattern)

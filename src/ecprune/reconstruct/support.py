@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..engine.layers import effective_weight, keep_mask
 from ..engine.tape import progress_disabled
+from ..masking.pattern import Pattern
 from .layerwise import BatchFactory, augmented_weight, execution_order, solve_spd, write_layer
 from .refit import RowSystems, fill_systems
 from .swaps import best_swaps
@@ -88,10 +89,11 @@ def compensated_start(problem: LayerProblem, keep: torch.Tensor,
 
 
 def refit_support(problem: LayerProblem, keep: torch.Tensor, w0: torch.Tensor, *,
-                  damping: float, max_swaps: int,
-                  progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Swap (``max_swaps`` per row, 0: none) and refit every row; returns the final keep mask
-    (n_out, m), the refit rows (n_out, m + 1) and the number of swaps made."""
+                  damping: float, max_swaps: int, progress: bool | None = None,
+                  pattern: Pattern | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Swap (``max_swaps`` per row, 0: none; within each group of an N:M ``pattern``) and refit
+    every row; returns the final keep mask (n_out, m), the refit rows (n_out, m + 1) and the
+    number of swaps made."""
     gram, cross = problem.gram, problem.cross
     m = len(problem.columns)
     fixed = torch.zeros(m + 1, dtype=torch.bool, device=gram.device)
@@ -99,6 +101,8 @@ def refit_support(problem: LayerProblem, keep: torch.Tensor, w0: torch.Tensor, *
     bias = keep.new_ones(len(keep), 1)
     supports = torch.cat([keep, bias], 1)
     candidates = torch.cat([problem.candidates, bias], 1)
+    groups = None if pattern is None else torch.cat(
+        [problem.columns // pattern.m, problem.columns.new_full((1,), -1)])  # the bias: none
     rows, swaps = w0.clone(), 0
     quiet = progress_disabled(progress) if max_swaps else True
     for i in tqdm(range(len(keep)), desc=f"swaps {problem.name}", unit="row", disable=quiet,
@@ -110,7 +114,7 @@ def refit_support(problem: LayerProblem, keep: torch.Tensor, w0: torch.Tensor, *
         rhs = cross[:, i] + lam * w0[i]
         if max_swaps:
             support, made = best_swaps(gram, rhs, lam, support, candidates[i], fixed,
-                                       max_swaps)
+                                       max_swaps, groups)
             supports[i], swaps = support, swaps + made
         index = torch.nonzero(support).squeeze(1)
         block = gram[index][:, index] + lam * torch.eye(len(index), dtype=gram.dtype,
@@ -134,9 +138,11 @@ def refit_supports(model: nn.Module, reference: nn.Module, layers: dict[str, nn.
                    batches: BatchFactory, choose: Callable[[LayerProblem], torch.Tensor],
                    shifts: dict[str, torch.Tensor | None], *, damping: float, max_swaps: int,
                    output_fn: Callable | None = None, progress: bool | None = None,
-                   grams: dict[str, torch.Tensor] | None = None) -> int:
+                   grams: dict[str, torch.Tensor] | None = None,
+                   pattern: Pattern | None = None) -> int:
     """Choose, swap and refit every layer, input to output (see the module docstring); the
-    first layer reuses ``grams``. Returns the number of swaps made."""
+    first layer reuses ``grams``; swaps keep an N:M ``pattern``. Returns the number of swaps
+    made."""
     swaps = 0
     for k, name in enumerate(execution_order(model, layers, batches, output_fn)):
         layer = layers[name]
@@ -146,7 +152,8 @@ def refit_supports(model: nn.Module, reference: nn.Module, layers: dict[str, nn.
         keep = choose(problem)
         w0 = compensated_start(problem, keep, shifts.get(name))
         keep, rows, made = refit_support(problem, keep, w0, damping=damping,
-                                         max_swaps=max_swaps, progress=progress)
+                                         max_swaps=max_swaps, progress=progress,
+                                         pattern=pattern)
         write_problem(name, layer, problem, keep, rows)
         swaps += made
     return swaps

@@ -87,18 +87,21 @@ def swap_gains(block: torch.Tensor, cross: torch.Tensor, diagonal: torch.Tensor,
 
 
 def best_swaps(gram: torch.Tensor, rhs: torch.Tensor, lam: float, kept: torch.Tensor,
-               candidates: torch.Tensor, fixed: torch.Tensor,
-               max_swaps: int) -> tuple[torch.Tensor, int]:
+               candidates: torch.Tensor, fixed: torch.Tensor, max_swaps: int,
+               groups: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Apply the best single swap until none raises ``phi`` (lowers the refit objective) by
     more than :data:`SWAP_RTOL` of it, or ``max_swaps`` were made.
 
     ``gram`` (n, n) and ``rhs`` (n,): ``G`` and ``b`` of the row, ``M = G + lam I``;
     ``kept``, ``candidates`` and ``fixed`` (n,) bool: the support, the columns it may use and
-    those that never leave (the bias). Returns the new support and the number of swaps.
+    those that never leave (the bias); ``groups`` (n,): each column's N:M group, swaps then
+    stay within a group, which keeps the pattern. Returns the new support and the number of
+    swaps.
     """
     index = torch.nonzero(candidates).squeeze(1)
     local = gram[index][:, index]  # the row's candidate columns only
     b, diagonal, never = rhs[index], local.diagonal() + lam, fixed[index]
+    group_of = None if groups is None else groups[index]
     inside = kept[index].clone()
     kept_at = torch.nonzero(inside).squeeze(1)  # candidate positions, in `columns` order
     columns = local[:, kept_at].clone()  # (n_c, k): M's columns of the support
@@ -108,6 +111,8 @@ def best_swaps(gram: torch.Tensor, rhs: torch.Tensor, lam: float, kept: torch.Te
         out_at = torch.nonzero(~inside).squeeze(1)
         phi, gains = swap_gains(columns[kept_at] + eye, columns[out_at], diagonal[out_at],
                                 b[kept_at], b[out_at], never[kept_at])
+        if groups is not None:
+            gains[group_of[out_at][:, None] != group_of[kept_at][None, :]] = -torch.inf
         q, p = divmod(int(torch.argmax(gains)), gains.shape[1])
         if not float(gains[q, p]) > SWAP_RTOL * abs(phi):
             break
