@@ -60,6 +60,7 @@ LABELS = {
     "ecp-admm-network": ("ecp-admm", 1, {"objective": "network"}),
     "ecp-admm-swaps-network": ("ecp-admm", 1, {"refine": "swaps", "objective": "network"}),
     "ecp-admm-swaps-steps3": ("ecp-admm", 3, {"refine": "swaps"}),
+    "ecp-admm-swaps-loss": ("ecp-admm", 1, {"refine": "swaps", "objective": "loss"}),
     "ecp-admm-swaps-network-steps3": ("ecp-admm", 3, {"refine": "swaps",
                                                       "objective": "network"}),
 }
@@ -232,8 +233,14 @@ def append_row(path: Path, row: dict) -> None:
         handle.flush()
 
 
+def number(key: str, value: float) -> str:
+    """Accuracies to 4 decimals, losses to 4 significant digits."""
+    return f"{value:.4f}" if key == "accuracy" else f"{value:.4g}"
+
+
 def format_metrics(metrics: dict) -> str:
-    return " ".join(f"{key} {value:.4f}" for key, value in metrics.items() if value != "")
+    return " ".join(f"{key} {number(key, value)}" for key, value in metrics.items()
+                    if value != "")
 
 
 def summarize(rows: list[dict], ratios: list[float], pairs: list[str] = ()) -> None:
@@ -249,7 +256,8 @@ def summarize(rows: list[dict], ratios: list[float], pairs: list[str] = ()) -> N
         cells = []
         for ratio in ratios:
             found = [row for row in rows if row["label"] == label and row["ratio"] == ratio]
-            values = [f"{statistics.mean(row[key] for row in found):.4f}" for key in metrics]
+            values = [number(key, statistics.mean(row[key] for row in found))
+                      for key in metrics]
             passes = statistics.mean(row["passes"] for row in found)
             cells.append(f"{' / '.join(values)} [{passes:.1f}]")
         print(f"| {label} | " + " | ".join(cells) + " |")
@@ -287,7 +295,7 @@ def paired_difference(rows: list[dict], first: str, second: str, ratio: float,
     with warnings.catch_warnings():  # nearly identical samples: scipy warns, still answers
         warnings.simplefilter("ignore", RuntimeWarning)
         p = stats.ttest_rel(a, b).pvalue if len(seeds) > 1 else float("nan")
-    return f"{difference:+.4f} ({p:.3g}, n={len(seeds)})"
+    return f"{difference:+.4g} ({p:.3g}, n={len(seeds)})"
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ def test_network_objective_with_admm_and_prune_by_importance_alike(pruned_pair):
 
 
 @pytest.mark.parametrize(("make", "match"), [
-    (lambda: methods.ECPRefit(objective="loss"), r"'objective' parameter of ECPRefit must be one of 'layer', 'network'. Got 'loss'"),
+    (lambda: methods.ECPRefit(objective="output"), r"'objective' parameter of ECPRefit must be one of 'layer', 'network', 'loss'. Got 'output'"),
     (lambda: methods.get("ecp-admm", network_passes=0), r"'network_passes' parameter of get must be an int >= 1. Got 0"),
 ])
 def test_network_options_are_validated(make, match):

@@ -16,7 +16,7 @@ from .updates import check_refit, ecp_support, network_update, refit, support_re
 
 ALLOCATIONS = ("global", "refit")
 REFINES = ("none", "swaps")
-OBJECTIVES = ("layer", "network")
+OBJECTIVES = ("layer", "network", "loss")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +109,9 @@ class ECPRefit(ECP):
     (:mod:`ecprune.reconstruct.swaps`; plain weighting only). ``objective="network"``: then
     ``network_passes`` Gauss-Newton passes on the output error toward the dense network over
     all kept weights and biases, masks kept, the output error on the data never increasing
-    (:mod:`ecprune.reconstruct.network`). Without data (:func:`ecprune.prune_by_importance`
+    (:mod:`ecprune.reconstruct.network`); ``objective="loss"``: the same passes on the
+    training loss with the data's labels (cross-entropy for integer targets, else squared
+    error), the loss on the data never increasing. Without data (:func:`ecprune.prune_by_importance`
     with ``data=None``) only ECP's shifts are applied.
     """
 
@@ -169,5 +171,6 @@ class ECPRefit(ECP):
         else:
             support_refit(step, choose, damping=self.damping,
                           max_swaps=self.max_swaps if self.refine == "swaps" else 0)
-        if self.objective == "network":
-            network_update(step, passes=self.network_passes, damping=self.damping)
+        if self.objective != "layer":
+            network_update(step, passes=self.network_passes, damping=self.damping,
+                           labels=self.objective == "loss")

@@ -56,12 +56,14 @@ def support_refit(step: UpdateStep, choose: Chooser, *, damping: float,
                    pattern=step.selection.pattern)
 
 
-def network_update(step: UpdateStep, *, passes: int, damping: float) -> None:
-    """``passes`` Gauss-Newton passes on the output error toward ``step.reference``, masks kept
+def network_update(step: UpdateStep, *, passes: int, damping: float,
+                   labels: bool = False) -> None:
+    """``passes`` Gauss-Newton passes on the output error toward ``step.reference`` (with
+    ``labels``: on the loss with the data's targets), masks kept
     (:mod:`ecprune.reconstruct.network`), when the step removed weights and data is at hand."""
     if step.batches is None or not step.removes_any:
         return
     options = step.options
     network_refit(step.model, step.reference, step.layers, step.batches, passes=passes,
                   damping=damping, output_fn=options.output_fn, progress=options.progress,
-                  grams=step.importances.grams)
+                  grams=step.importances.grams, labels=labels)

@@ -22,10 +22,16 @@ it with ECP's linearisation):
 4. the true error at that step, halved up to :data:`HALVINGS` times until it is no larger than
    before; if none is, the pass changes nothing and the passes stop.
 
-So the output error on the data never increases. Cost per pass: about two gradient passes and
-one reverse pass per output (the sensitivities), one forward-mode pass per layer, and one
-forward pass per trial step; memory O(n_in^2) per layer and the dense outputs of the data
-(cached up to :data:`CACHE_ELEMENTS` values, else recomputed).
+So the output error on the data never increases. ``objective="loss"`` runs the same passes
+on the training loss with the data's labels (:mod:`ecprune.reconstruct.objectives`): the
+gradient is the loss's, the sensitivities are taken in the metric of the loss's Hessian in
+``y`` (for cross-entropy ``diag(p) - p p^T``: one reverse pass per class), the step lengths
+minimise its Gauss-Newton model, and it is the loss that never increases.
+
+Cost per pass: about two gradient passes and one reverse pass per output (the
+sensitivities), one forward-mode pass per layer, and one forward pass per trial step; memory
+O(n_in^2) per layer and the dense outputs of the data (cached up to
+:data:`~ecprune.reconstruct.objectives.CACHE_ELEMENTS` values, else recomputed).
 """
 
 from __future__ import annotations
@@ -45,29 +51,11 @@ from ..engine.sensitivity import sensitivities
 from ..engine.statistics import ACCUMULATE_DTYPE, gram
 from ..engine.tape import eval_mode, forward, progress_disabled, stream
 from .layerwise import BatchFactory, execution_order, solve_spd
+from .objectives import DenseOutputs, LabelLoss, weighted_sensitivities
 
 # Trial steps: alpha, alpha / 2, ..., alpha / 2^HALVINGS.
 HALVINGS = 6
-# Dense outputs kept in memory between passes up to this many values (else recomputed).
-CACHE_ELEMENTS = 2**25
-
-
-class DenseOutputs:
-    """The dense network's outputs on each chunk, cached by position while small enough."""
-
-    def __init__(self, reference: nn.Module, output_fn: Callable | None):
-        self.reference, self.output_fn = reference, output_fn
-        self.cache: dict[int, torch.Tensor] = {}
-        self.size = 0
-
-    def __call__(self, batch) -> torch.Tensor:
-        if batch.start in self.cache:
-            return self.cache[batch.start]
-        with torch.no_grad(), eval_mode(self.reference):
-            _, output = forward(self.reference, batch.inputs, self.output_fn)
-        if self.size + output.numel() <= CACHE_ELEMENTS:
-            self.cache[batch.start], self.size = output, self.size + output.numel()
-        return output
+Objective = DenseOutputs | LabelLoss
 
 
 def _sum_over_ranks(tensors: list[torch.Tensor]) -> None:
@@ -77,10 +65,11 @@ def _sum_over_ranks(tensors: list[torch.Tensor]) -> None:
 
 
 def gradient_pass(model: nn.Module, layers: dict[str, nn.Linear], batches: BatchFactory,
-                  dense: DenseOutputs, first: str, *, output_fn: Callable | None = None,
+                  objective: Objective, first: str, *, output_fn: Callable | None = None,
                   progress: bool | None = None) -> dict[str, object]:
-    """Step 1: per layer the gradient of ``E`` with respect to ``[W, b]`` (sums, float64), the
-    rows' summed sensitivities and rows seen, the Gram matrices (not of ``first``), and ``E``."""
+    """Step 1: per layer the gradient of the objective's ``f`` with respect to ``[W, b]``
+    (sums, float64), the rows' summed sensitivities in its Hessian's metric and rows seen, the
+    Gram matrices (not of ``first``), and ``E``, its reported value."""
     grads = {n: torch.zeros(m.out_features, m.in_features + 1, dtype=ACCUMULATE_DTYPE,
                             device=m.weight.device) for n, m in layers.items()}
     sens = {n: torch.zeros(m.out_features, dtype=ACCUMULATE_DTYPE, device=m.weight.device)
@@ -94,12 +83,13 @@ def gradient_pass(model: nn.Module, layers: dict[str, nn.Linear], batches: Batch
         for batch, tape, _, output in stream(model, layers, batches(), differentiable=True,
                                              output_fn=output_fn, progress=progress,
                                              desc="network gradient"):
-            error = output - dense(batch)
             calls = [(n, a, u) for n in layers for a, u in tape.calls[n]]
             us = [u for _, _, u in calls]
-            g_us = torch.autograd.grad(0.5 * error.square().sum(), us, retain_graph=True)
-            s_us = sensitivities(output, us)
-            totals[0] += error.detach().square().sum(dtype=ACCUMULATE_DTYPE).item()
+            g_us = torch.autograd.grad(objective.value(output, batch), us, retain_graph=True)
+            factor = objective.hessian_factor(output, batch)
+            s_us = (sensitivities(output, us) if factor is None
+                    else weighted_sensitivities(output, us, factor))
+            totals[0] += objective.reported(output.detach(), batch).to(ACCUMULATE_DTYPE).item()
             for (n, a, _), g, s in zip(calls, g_us, s_us, strict=True):
                 a = a.reshape(-1, a.shape[-1]).detach()
                 extended = torch.cat([a, a.new_ones(len(a), 1)], 1).to(ACCUMULATE_DTYPE)
@@ -167,11 +157,12 @@ def _quiet_decompositions() -> Iterator[None]:
 
 
 def step_lengths(model: nn.Module, layers: dict[str, nn.Linear], batches: BatchFactory,
-                 dense: DenseOutputs, steps: dict[str, torch.Tensor], *,
+                 objective: Objective, steps: dict[str, torch.Tensor], *,
                  output_fn: Callable | None = None,
                  progress: bool | None = None) -> tuple[torch.Tensor, float]:
-    """Step 3: ``alpha`` minimising ``sum_x ||y - y_dense + sum_l alpha_l J d_l||^2`` and the
-    decrease of the linearised error it predicts."""
+    """Step 3: ``alpha`` minimising the objective's Gauss-Newton model along the tangents
+    ``v_l = J d_l``, ``sum_x r.v + 1/2 ||F v||^2`` with ``v = sum_l alpha_l v_l`` (for
+    ``objective="network"``, ``sum_x ||y - y_dense + v||^2``), and the decrease it predicts."""
     names = list(steps)
     system = torch.zeros(len(names), len(names) + 1, dtype=ACCUMULATE_DTYPE)
 
@@ -179,7 +170,7 @@ def step_lengths(model: nn.Module, layers: dict[str, nn.Linear], batches: BatchF
         with torch.no_grad(), eval_mode(model):
             for batch in tqdm(batches(), desc="network step lengths", unit="chunk",
                               disable=progress_disabled(progress), leave=False):
-                tangents, error = [], None
+                tangents, residual, factor = [], None, None
                 for name in names:
                     handle = layers[name].register_forward_hook(_tangent_hook(steps[name]))
                     try:
@@ -188,12 +179,16 @@ def step_lengths(model: nn.Module, layers: dict[str, nn.Linear], batches: BatchF
                             primal, tangent = fwAD.unpack_dual(dual)
                     finally:
                         handle.remove()
-                    if error is None:
-                        error = (primal - dense(batch)).to(ACCUMULATE_DTYPE).reshape(-1)
-                    tangents.append(tangent.to(ACCUMULATE_DTYPE).reshape(-1))
-                v = torch.stack(tangents)  # (L, B n_out)
-                system[:, :-1] += (v @ v.T).cpu()
-                system[:, -1] -= (v @ error).cpu()
+                    if residual is None:
+                        residual = objective.residual(primal, batch).to(ACCUMULATE_DTYPE)
+                        factor = objective.hessian_factor(primal, batch)
+                    tangents.append(tangent.to(ACCUMULATE_DTYPE))
+                v = torch.stack(tangents)  # (L, B, n_out)
+                curved = v if factor is None else torch.einsum(
+                    "bmn,lbn->lbm", factor.to(ACCUMULATE_DTYPE), v)
+                curved = curved.reshape(len(names), -1)
+                system[:, :-1] += (curved @ curved.T).cpu()
+                system[:, -1] -= (v.reshape(len(names), -1) @ residual.reshape(-1)).cpu()
 
     with _quiet_decompositions():
         distributed.run_on_every_rank(accumulate)
@@ -203,16 +198,17 @@ def step_lengths(model: nn.Module, layers: dict[str, nn.Linear], batches: BatchF
     return alpha, float(rhs @ alpha)
 
 
-def output_error(model: nn.Module, batches: BatchFactory, dense: DenseOutputs, *,
+def output_error(model: nn.Module, batches: BatchFactory, objective: Objective, *,
                  output_fn: Callable | None = None) -> float:
-    """``E = sum_x ||y(x) - y_dense(x)||^2`` of ``model`` (float64)."""
+    """``E``, the objective's reported value of ``model`` (float64): ``sum_x ||y(x) -
+    y_dense(x)||^2`` for ``objective="network"``, the summed loss for ``"loss"``."""
     total = torch.zeros(1, dtype=ACCUMULATE_DTYPE)
 
     def accumulate() -> None:
         with torch.no_grad(), eval_mode(model):
             for batch in batches():
                 _, output = forward(model, batch.inputs, output_fn)
-                total[0] += (output - dense(batch)).square().sum(dtype=ACCUMULATE_DTYPE).item()
+                total[0] += objective.reported(output, batch).to(ACCUMULATE_DTYPE).item()
 
     distributed.run_on_every_rank(accumulate)
     _sum_over_ranks([total])
@@ -239,39 +235,41 @@ def _move(layers: dict[str, nn.Linear], saved: dict, steps: dict[str, torch.Tens
 def network_refit(model: nn.Module, reference: nn.Module, layers: dict[str, nn.Linear],
                   batches: BatchFactory, *, passes: int, damping: float,
                   output_fn: Callable | None = None, progress: bool | None = None,
-                  grams: dict[str, torch.Tensor] | None = None) -> list[float]:
+                  grams: dict[str, torch.Tensor] | None = None,
+                  labels: bool = False) -> list[float]:
     """Up to ``passes`` passes of the module docstring; returns ``E`` before and after each
     pass that changed the model. ``grams``: the scoring pass's, for the first layer (its inputs
-    never change)."""
+    never change). ``labels``: lower the training loss on the data's targets instead
+    (``objective="loss"``, :class:`~ecprune.reconstruct.objectives.LabelLoss`)."""
     missing = [name for name, layer in layers.items() if layer.bias is None]
     if missing:
-        raise ValueError(f"objective='network' moves the biases, but the Linear layers "
+        raise ValueError(f"objective='network' and 'loss' move the biases, but the Linear layers "
                          f"{missing} have none; pass add_bias=True.")
     first = execution_order(model, layers, batches, output_fn)[0]
-    dense = DenseOutputs(reference, output_fn)
+    objective = LabelLoss() if labels else DenseOutputs(reference, output_fn)
     history: list[float] = []
     for _ in range(passes):
-        sums = gradient_pass(model, layers, batches, dense, first, output_fn=output_fn,
+        sums = gradient_pass(model, layers, batches, objective, first, output_fn=output_fn,
                              progress=progress)
         before = sums["error"]
         history = history or [before]
         grams_now = {**sums["grams"], first: _first_gram(grams, first, model, layers,
                                                           batches, output_fn)}
         steps = directions(layers, sums, grams_now, damping)
-        alpha, _ = step_lengths(model, layers, batches, dense, steps, output_fn=output_fn,
+        alpha, _ = step_lengths(model, layers, batches, objective, steps, output_fn=output_fn,
                                 progress=progress)
         scaled = {name: alpha[k].item() * step for k, (name, step) in enumerate(steps.items())}
-        if not _accept(model, layers, batches, dense, scaled, before, output_fn, history):
+        if not _accept(model, layers, batches, objective, scaled, before, output_fn, history):
             break
     return history
 
 
-def _accept(model, layers, batches, dense, steps, before, output_fn, history) -> bool:
+def _accept(model, layers, batches, objective, steps, before, output_fn, history) -> bool:
     """Step 4: move by ``steps``, halved until ``E`` is no larger than ``before``; else back."""
     saved = _saved(layers)
     for halving in range(HALVINGS + 1):
         _move(layers, saved, steps, 0.5 ** halving)
-        after = output_error(model, batches, dense, output_fn=output_fn)
+        after = output_error(model, batches, objective, output_fn=output_fn)
         if after <= before:
             history.append(after)
             return True
