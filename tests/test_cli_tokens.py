@@ -86,16 +86,21 @@ def test_independent_positions_change_the_ecp_selection(work):
     assert any(not torch.equal(exact[k] == 0, rows[k] == 0) for k in exact if "weight" in k)
 
 
-def test_neurons_leave_token_layers_alone_and_say_why(work):
-    """Unit removal needs one row per sample (one call on (batch, features)); token layers are
-    skipped, named in the report with the reason, and the model is unchanged."""
+def test_neurons_shrink_token_layers_as_the_library_does(work):
+    """``--neurons 0.5`` on the token model removes half of the per-token hidden units and
+    writes the smaller model that ``ecprune.prune_neurons`` gives, with nothing skipped."""
     assert main(["prune", work["factory"], "--weights", "weights.pt", "tokens.pt",
                  "--neurons", "0.5", "-o", "small.pt", "--quiet"]) == 0
     small = torch.load(work["dir"] / "small.pt", weights_only=False)
     report = json.loads((work["dir"] / "small.json").read_text())
-    assert "(batch, features)" in json.dumps(report)
+    assert "(batch, features)" not in json.dumps(report)
+    library = copy.deepcopy(work["model"])
+    expected = ecprune.prune_neurons(library, work["x"], 0.5)
+    assert expected.skipped == {} and expected.widths == {"inner": 6}
+    assert (small.inner.out_features, small.outer.in_features) == (6, 6)
     with torch.no_grad():
-        torch.testing.assert_close(small(work["x"]), work["model"](work["x"]), rtol=0, atol=0)
+        torch.testing.assert_close(small(work["x"]), library(work["x"]), rtol=1e-10,
+                                   atol=1e-12)
 
 
 def test_positions_is_refused_with_neurons(work, capsys):

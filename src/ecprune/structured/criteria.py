@@ -10,8 +10,10 @@ left after the best shift of the consumers' biases,
   ``e_j = sum_i W_ij^2 (E[s_i a_j^2] - E[s_i a_j]^2 / E[s_i])`` with
   ``d_ij = W_ij E[s_i a_j] / E[s_i]`` (:func:`ecprune.methods.ecp.ecp_terms`).
 
-For the last layer (``J = I``) both are FLAP's fluctuation (An et al., AAAI 2024):
-``d* = W[:, j] E[a_j]`` and ``e_j = ||W[:, j]||^2 Var(a_j)``. Removing a set of units, the
+For the last layer with one row per sample (``J = I``) both are FLAP's fluctuation (An et
+al., AAAI 2024): ``d* = W[:, j] E[a_j]`` and ``e_j = ||W[:, j]||^2 Var(a_j)``; no code
+special-cases it, so with rows per sample (tokens) the same sums hold with ``J = sum_p J_p``
+and ``S, P, Q`` of :mod:`ecprune.engine.positions`. Removing a set of units, the
 joint shifts add up to the joint optimum of the set (``d*`` is linear in ``g``); the errors add
 up only to first order, without interactions.
 

@@ -180,7 +180,7 @@ class ECPUnits(SensitivityOptions):
                 progress=options.progress)
             scores = {name: criteria.joint_ecp(group, stats.joint[name], weights, stats.count)
                       for name, group in context.groups.items()}
-            grams = {name: g / stats.count for name, g in stats.grams.items()}
+            grams = {name: g / stats.rows[name] for name, g in stats.grams.items()}
             sens = {name: s / stats.count for name, s in stats.sens_sum.items()}
             return Scored(scores, grams=grams, sens=sens, shift=variant,
                           mean_output_sq=stats.output_sq_sum / stats.count)
@@ -192,9 +192,13 @@ class ECPUnits(SensitivityOptions):
 
 
 def _consumer_means(stats, grams: bool) -> dict:
+    """Each consumer's ``E[s_i]`` per sample (with several rows per sample, the rows' own
+    ``sum_p |dy/du_ip|^2``) and mean Gram matrix per row: the costs of a change of every row
+    (OBS, the refit curves) when the rows' errors are independent."""
     count = stats.count
-    return {"sens": {name: layer.sens_sum / count for name, layer in stats.layers.items()},
-            "grams": ({name: layer.gram / count for name, layer in stats.layers.items()}
+    return {"sens": {name: layer.row_sensitivity / count
+                     for name, layer in stats.layers.items()},
+            "grams": ({name: layer.gram / layer.rows for name, layer in stats.layers.items()}
                       if grams else {})}
 
 

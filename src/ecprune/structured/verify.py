@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from ..engine.positions import sample_blocks
 from ..engine.tape import LayerTape, eval_mode, forward
 from ..reconstruct.layerwise import detached_copy
 from .groups import UnitGroup
@@ -96,20 +97,33 @@ def verified(model: nn.Module, candidates: list[UnitGroup], example: torch.Tenso
 def unusual_calls(model: nn.Module, groups: list[UnitGroup], example: torch.Tensor,
                   output_fn: Callable | None) -> dict[str, str]:
     """Why, for each group with a Linear layer that does not run once per forward on
-    (batch, features) inputs, its units are left alone: their statistics are per sample, one
-    row each (tokens and repeated calls are not supported)."""
+    (batch, features) or (batch, tokens, features) inputs, its units are left alone: their
+    statistics are per sample, one block of rows each (:mod:`ecprune.structured.moments`);
+    repeated calls and rows shared by the samples (a DeepONet's trunk) are not supported."""
     names = dict.fromkeys(s.module for g in groups for s in (*g.producers, *g.consumers))
     layers = {name: model.get_submodule(name) for name in names}
     with torch.no_grad(), eval_mode(model), LayerTape(layers, differentiable=False) as tape:
         forward(model, example, output_fn)
     problems = {}
     for group in groups:
-        for item in (*group.producers, *group.consumers):
-            calls = tape.calls.get(item.module, [])
-            if len(calls) != 1 or calls[0][0].ndim != 2:
-                shapes = [tuple(a.shape) for a, _ in calls]
-                problems[group.name] = (
-                    f"{item.module!r} runs {len(calls)} time(s) per forward on inputs of "
-                    f"shape(s) {shapes}; prune_neurons needs one call on (batch, features)")
-                break
+        items = (*group.producers, *group.consumers)
+        calls = {item.module: tape.calls.get(item.module, []) for item in items}
+        repeated = next((name for name, c in calls.items() if len(c) != 1), None)
+        if repeated is not None:
+            shapes = [tuple(a.shape) for a, _ in calls[repeated]]
+            problems[group.name] = (
+                f"{repeated!r} runs {len(calls[repeated])} time(s) per forward on inputs of "
+                f"shape(s) {shapes}; prune_neurons needs one call on (batch, features) or "
+                "(batch, tokens, features)")
+            continue
+        if all(c[0][0].ndim == 2 and len(c[0][0]) == len(example) for c in calls.values()):
+            continue  # one row per sample
+        with eval_mode(model):
+            blocks = sample_blocks(model, {n: layers[n] for n in calls}, example, output_fn)
+        if blocks is None:
+            shapes = {name: tuple(c[0][0].shape) for name, c in calls.items()}
+            problems[group.name] = (
+                f"the rows of {shapes} (input shapes for {len(example)} samples) are not one "
+                "block per sample (rows shared by the samples, or token-major); prune_neurons "
+                "needs one call on (batch, features) or (batch, tokens, features)")
     return problems
