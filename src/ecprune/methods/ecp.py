@@ -112,7 +112,8 @@ class ECPRefit(ECP):
     (:mod:`ecprune.reconstruct.network`); ``objective="loss"``: the same passes on the
     training loss with the data's labels (cross-entropy for integer targets, else squared
     error), the loss on the data never increasing. Without data (:func:`ecprune.prune_by_importance`
-    with ``data=None``) only ECP's shifts are applied.
+    with ``data=None``) only ECP's shifts are applied. For one-shot pruning at high ratios
+    ``"ecp-admm"`` measured better at about the same cost (docs/beyond.md).
     """
 
     name = "ecp-refit"
