@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean mnist diffsorp beyond mixer neurons
+.PHONY: setup demo test lint clean mnist diffsorp diffsorp-convergence beyond mixer neurons
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ mnist: $(STAMP)
 diffsorp: $(STAMP)
 	$(BIN)/ecprune reproduce diffsorp --out docs/results --figures docs/figures --workers 2 --threads 1
 	$(BIN)/ecprune report docs/results/diffsorp.csv --out docs/figures
+
+# How many epochs the diffusion-sorption networks need (docs/diffsorp.md, "Convergence study"):
+# dense test loss after 30, 60, ..., 480 epochs, both architectures, every noise level, 3 seeds;
+# resumable (rows in docs/results/diffsorp-convergence.csv); about 3 hours on one core.
+diffsorp-convergence: $(STAMP)
+	$(BIN)/python scripts/diffsorp_convergence.py --out docs/results --figures docs/figures --threads 1
 
 # Beyond the paper (docs/beyond.md): weight refit, SparseGPT, Wanda and iterative ECP, prune
 # only, on MNIST and diffusion-sorption (noise 0.005); resumable like the others.

@@ -1,9 +1,11 @@
 """The diffusion-sorption experiment: its grid, noise variants, and the --quick run end to end
-(results, resume after a kill, the report's figures, the snapshot networks)."""
+(results with the clean test loss, resume after a kill, the report's figures, the snapshot
+networks, the convergence study's networks)."""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,9 +14,11 @@ from ecprune.cli import main
 from ecprune.data.diffsorp import NOISE_LEVELS
 from ecprune.experiments import EXPERIMENTS
 from ecprune.experiments.config import PAPER_METHODS, PAPER_RATIOS, PAPER_SEEDS
+from ecprune.experiments.convergence import Study, run_study
 from ecprune.experiments.diffsorp import (
     DIFFSORP,
     DIFFSORP_QUICK,
+    load_dataset,
     load_diffsorp_split,
     noise_variant,
     pruned_predictions,
@@ -56,8 +60,8 @@ def quick_run(tmp_path_factory):
     return out
 
 
-def _values(rows):
-    return {tuple(r[k] for k in ("variant", "method", "ratio", "phase")): float(r["test_loss"])
+def _values(rows, metric="test_loss"):
+    return {tuple(r[k] for k in ("variant", "method", "ratio", "phase")): float(r[metric])
             for r in rows}
 
 
@@ -72,6 +76,33 @@ def test_quick_run_writes_the_grid(quick_run):
     baseline = split.y_test.var().item()  # the loss of predicting the mean
     dense = _values(rows)[("noise=0", "dense", "0", "dense")]
     assert dense < baseline / 10  # one epoch of Adam learns most of the variation
+
+
+@pytest.mark.slow
+def test_every_cell_has_its_loss_against_the_clean_targets(quick_run):
+    rows = read_rows(quick_run / "diffsorp.csv")
+    assert {r["method"] for r in rows} == {"dense", *DIFFSORP_QUICK.methods, "fully-connected"}
+    assert all(float(r["test_loss_clean"]) > 0 for r in rows)
+    assert all(r["test_loss_clean"] == r["test_loss"] for r in rows if r["variant"] == "noise=0")
+    clean = _values(rows, "test_loss_clean")
+    key = ("noise=0.01", "dense", "0", "dense")
+    # The test noise is independent of the prediction: it adds its variance d^2/3 (up to the
+    # sampling of the cross term over 12,800 test rows, a few per cent of it here).
+    assert _values(rows)[key] - clean[key] == pytest.approx(0.01**2 / 3, rel=0.1)
+    split = load_diffsorp_split("noise=0.01")
+    assert torch.equal(split.y_test_clean, load_dataset("noise=0.01").test_targets_clean)
+
+
+@pytest.mark.slow
+def test_the_convergence_studys_network_is_the_runs_dense_network(quick_run, tmp_path):
+    """Trained for the quick run's 1 epoch, the study's network is the run's dense one."""
+    study = Study(config=replace(DIFFSORP, architectures=DIFFSORP_QUICK.architectures),
+                  budgets=(DIFFSORP_QUICK.epochs,), seeds=(0,), noise=(0.01,))
+    (row,) = read_rows(run_study(study, out=tmp_path).results)
+    run = next(r for r in read_rows(quick_run / "diffsorp.csv")
+               if (r["variant"], r["method"]) == ("noise=0.01", "dense"))
+    for column in ("test_loss", "test_loss_clean"):
+        assert float(row[column]) == pytest.approx(float(run[column]), rel=1e-5)
 
 
 @pytest.mark.slow
@@ -94,10 +125,14 @@ def test_quick_run_resumes_after_a_kill(quick_run, tmp_path):
 def test_report_draws_loss_figures_only(quick_run, capsys):
     assert main(["report", str(quick_run / "diffsorp.csv")]) == 0
     assert (quick_run / "diffsorp_68-64-32-32-16-16-1_loss.png").stat().st_size > 10_000
+    assert (quick_run / "diffsorp_68-64-32-32-16-16-1_loss_clean.png").stat().st_size > 10_000
     assert not (quick_run / "diffsorp_68-64-32-32-16-16-1_accuracy.png").exists()
     assert (quick_run / "diffsorp_snapshot_68-64-32-32-16-16-1.png").stat().st_size > 10_000
     summary = (quick_run / "diffsorp_summary.md").read_text()
     assert "noise=0.01" in summary and "accuracy" not in summary
+    assert "### Mean clean test loss, prune + fine-tune" in summary
+    assert "Dense: test loss" in summary and ", clean test loss " in summary
+    assert "mean clean test loss per variant (noise=0 / noise=0.01)" in summary
     capsys.readouterr()
 
 

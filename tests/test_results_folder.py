@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -29,7 +30,15 @@ from ecprune.experiments.job import Job
 from ecprune.experiments.lock import LOCK_NAME, FolderLock
 from ecprune.experiments.mnist import MNIST, MNIST_QUICK
 from ecprune.experiments.runner import run_experiment
-from ecprune.experiments.store import read_rows
+from ecprune.experiments.store import (
+    ADDED_FIELDS,
+    RESULT_FIELDS,
+    ResultsStore,
+    read_rows,
+    row_key,
+)
+from ecprune.experiments.summary import experiment_report
+from ecprune.plots import experiment_figures
 from tiny_experiment import TINY, table, tiny_split
 
 DRIVER = Path(__file__).with_name("reproduce_driver.py")
@@ -174,3 +183,100 @@ def test_a_folder_written_before_a_method_gained_options_still_resumes():
     assert current != stored and without_new_defaults(stored, current) == stored
     swaps = repr(ecprune.methods.get("ecp-refit", refine="swaps")) + ", steps=1"
     assert without_new_defaults(stored, swaps) != stored
+
+
+def clean_split(variant=""):
+    """tiny_split with "clean" test targets: the labels rolled by one, so that the clean loss
+    differs from the test loss."""
+    split = tiny_split(variant)
+    return replace(split, y_test_clean=split.y_test.roll(1))
+
+
+def _old_layout(source: Path, target: Path, *, drop: int) -> int:
+    """``source`` as a CSV written before test_loss_clean existed, its last ``drop`` rows cut
+    (a run stopped there); returns the number of rows kept."""
+    rows = read_rows(source)[:-drop]
+    with open(target, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS, extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+@pytest.fixture(scope="module")
+def with_clean(tmp_path_factory):
+    """An uninterrupted run of ONE_SEED on data with clean test targets."""
+    out = tmp_path_factory.mktemp("clean")
+    run_experiment(ONE_SEED, clean_split, out=out, progress=False)
+    return out
+
+
+def test_every_cell_of_data_with_clean_targets_has_the_clean_loss(with_clean, reference):
+    rows = read_rows(with_clean / "tiny.csv")
+    assert tuple(rows[0]) == RESULT_FIELDS + ADDED_FIELDS
+    assert {r["method"] for r in rows} == {"dense", *ONE_SEED.methods, "fully-connected"}
+    assert all(float(r["test_loss_clean"]) > 0 for r in rows)
+    assert any(r["test_loss_clean"] != r["test_loss"] for r in rows)
+    assert table(with_clean / "tiny.csv") == table(reference / "tiny.csv")  # nothing else moves
+    assert all(r["test_loss_clean"] == "" for r in read_rows(reference / "tiny.csv"))
+
+
+def test_an_old_csv_of_data_with_clean_targets_resumes_and_gains_the_column(
+        tmp_path, with_clean, caplog):
+    shutil.copy(config_path(with_clean, "tiny"), config_path(tmp_path, "tiny"))
+    kept = _old_layout(with_clean / "tiny.csv", tmp_path / "tiny.csv", drop=3)
+    with caplog.at_level(logging.WARNING, logger="ecprune"):
+        report = run_experiment(ONE_SEED, clean_split, out=tmp_path, progress=False)
+    assert report.computed == 3  # the adding of a column changes no configuration
+    assert f"gained the columns test_loss_clean (empty in its {kept} earlier rows)" in caplog.text
+    rows = read_rows(tmp_path / "tiny.csv")
+    assert tuple(rows[0]) == RESULT_FIELDS + ADDED_FIELDS
+    assert [r["test_loss_clean"] for r in rows[:kept]] == [""] * kept
+    clean = {row_key(r): r["test_loss_clean"] for r in read_rows(with_clean / "tiny.csv")}
+    assert [r["test_loss_clean"] for r in rows[kept:]] == [clean[row_key(r)] for r in rows[kept:]]
+    assert table(tmp_path / "tiny.csv") == table(with_clean / "tiny.csv")
+
+
+def test_an_old_csv_of_data_without_clean_targets_keeps_its_columns(tmp_path, reference):
+    shutil.copy(config_path(reference, "tiny"), config_path(tmp_path, "tiny"))
+    kept = _old_layout(reference / "tiny.csv", tmp_path / "tiny.csv", drop=3)
+    report = run_experiment(ONE_SEED, tiny_split, out=tmp_path, progress=False)
+    assert report.computed == 3
+    header = (tmp_path / "tiny.csv").read_text().splitlines()[0]
+    assert header == ",".join(RESULT_FIELDS) and kept == len(read_rows(reference / "tiny.csv")) - 3
+    assert table(tmp_path / "tiny.csv") == table(reference / "tiny.csv")
+
+
+def test_a_store_takes_an_old_layout_but_no_other_one(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text(",".join(RESULT_FIELDS) + "\n")
+    ResultsStore(path).append([{"experiment": "e", "variant": "", "arch": "2-1", "seed": 0,
+                                "method": "dense", "ratio": 0, "phase": "dense",
+                                "test_loss": 1.0, "test_loss_clean": 0.5}])
+    assert read_rows(path)[0]["test_loss"] == "1.0" and "test_loss_clean" not in read_rows(path)[0]
+    other = [f for f in RESULT_FIELDS if f != "test_accuracy"]
+    path.write_text(",".join([*other, "test_loss_clean"]) + "\n")
+    with pytest.raises(ValueError, match=r"has the columns \['experiment'.*write to another"):
+        ResultsStore(path)
+
+
+def test_an_empty_clean_column_changes_neither_summary_nor_figures(reference, tmp_path):
+    rows = read_rows(reference / "tiny.csv")
+    old = [{k: v for k, v in row.items() if k != "test_loss_clean"} for row in rows]
+    assert experiment_report(rows) == experiment_report(old)
+    assert [p.name for p in experiment_figures(rows, tmp_path)] == [
+        p.name for p in experiment_figures(old, tmp_path)] == ["tiny_5-6-4-3_loss.png",
+                                                              "tiny_5-6-4-3_accuracy.png"]
+    clean = read_rows(_clean_rows(reference, tmp_path))
+    assert "### Mean clean test loss, prune only" in experiment_report(clean)
+    assert "tiny_5-6-4-3_loss_clean.png" in [p.name for p in experiment_figures(clean, tmp_path)]
+
+
+def _clean_rows(reference: Path, tmp_path: Path) -> Path:
+    """The reference rows with a clean loss of half the test loss."""
+    rows = read_rows(reference / "tiny.csv")
+    path = tmp_path / "clean.csv"
+    ResultsStore(path).append([{**r, "test_loss_clean": float(r["test_loss"]) / 2}
+                               for r in rows])
+    return path

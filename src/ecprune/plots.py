@@ -197,3 +197,44 @@ def snapshot_figure(rows: Sequence[SnapshotRow], *, columns: Sequence[int],
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.tight_layout(rect=(0, 0.06 / len(rows) + 0.02, 1, 1))
     return save_figure(fig, path)
+
+
+Losses = dict[tuple[str, float], dict[int, list[float]]]  # (arch, noise) -> epochs -> per seed
+
+
+def convergence_figure(tables: dict[str, Losses], archs: Sequence[str],
+                       path: str | Path) -> Path:
+    """Dense test loss against the training budget, log-log: one column per architecture, one
+    row per metric of ``tables`` (e.g. ``test_loss``, ``test_loss_clean``), a line per noise
+    level d (mean over seeds, band from min to max); on the noisy test loss, the noise floor
+    d^2/3 is dotted in the line's colour."""
+    noises = sorted({noise for table in tables.values() for _, noise in table})
+    budgets = sorted({e for table in tables.values() for found in table.values() for e in found})
+    palette = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(len(tables), len(archs), figsize=(5 * len(archs), 3.8 * len(tables)),
+                             squeeze=False)
+    for row_axes, (metric, table) in zip(axes, tables.items(), strict=True):
+        for ax, arch in zip(row_axes, archs, strict=True):
+            for k, noise in enumerate(noises):
+                colour = palette(k / max(1, len(noises) - 1) * 0.85)
+                found = table.get((arch, noise), {})
+                epochs = sorted(found)
+                if not epochs:
+                    continue
+                ax.fill_between(epochs, [min(found[e]) for e in epochs],
+                                [max(found[e]) for e in epochs], color=colour, alpha=0.2,
+                                linewidth=0)
+                ax.plot(epochs, [sum(found[e]) / len(found[e]) for e in epochs], marker="o",
+                        color=colour, markersize=4, label=f"d = {noise:g}")
+                if metric == "test_loss" and noise > 0:
+                    ax.axhline(noise**2 / 3, color=colour, linestyle=":", linewidth=1)
+            ax.set(title=arch, xlabel="training epochs", ylabel=LABELS.get(metric, metric),
+                   xscale="log", yscale="log")
+            ax.set_xticks(budgets)
+            ax.xaxis.set_major_formatter(PLAIN)
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.grid(alpha=0.3, which="both")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 / len(tables), 1, 1))
+    return save_figure(fig, path)

@@ -20,8 +20,9 @@ EPILOG = """examples:
   ecprune report results/mnist.csv          # figures next to the CSV
   ecprune report docs/results/beyond-mnist.csv --compare ecp-refit sparsegpt-refit
 
-Writes NAME_ARCH_loss.png (and NAME_ARCH_accuracy.png for classification) per architecture
-and NAME_summary.md, and prints the summary; with NAME-timings.csv next to the CSV, the summary
+Writes NAME_ARCH_loss.png (and NAME_ARCH_accuracy.png for classification; NAME_ARCH_loss_clean.png
+where the CSV has test_loss_clean, the loss against noise-free targets) per architecture and
+NAME_summary.md, and prints the summary; with NAME-timings.csv next to the CSV, the summary
 gives the pruning time in gradient passes.
 """
 

@@ -70,11 +70,17 @@ def load_dataset(variant: str, *, data_dir: str | Path | None = None) -> DiffSor
     return diffsorp_dataset(noise=noise, seed=DATA_SEED, data=data)
 
 
+def dataset_split(ds: DiffSorpDataset) -> Split:
+    """The :class:`Split` of ``ds``, with its clean test targets (``test_loss_clean``)."""
+    return Split(ds.train_inputs, ds.train_targets, ds.test_inputs, ds.test_targets,
+                 ds.test_targets_clean)
+
+
 def load_diffsorp_split(variant: str = noise_variant(0.0), *,
                         data_dir: str | Path | None = None) -> Split:
-    """Standardised inputs (rows, 68) and noisy targets (rows, 1), split by sample."""
-    ds = load_dataset(variant, data_dir=data_dir)
-    return Split(ds.train_inputs, ds.train_targets, ds.test_inputs, ds.test_targets)
+    """Standardised inputs (rows, 68), noisy targets (rows, 1) and the clean test targets,
+    split by sample."""
+    return dataset_split(load_dataset(variant, data_dir=data_dir))
 
 
 def pruned_predictions(config: ExperimentConfig, job: Job, split: Split, *, method: str,
@@ -115,7 +121,7 @@ def snapshot_figures(config: ExperimentConfig, out: str | Path, *,
     rows = []
     for variant in config.variants:
         ds = load_dataset(variant, data_dir=data_dir)
-        split = Split(ds.train_inputs, ds.train_targets, ds.test_inputs, ds.test_targets)
+        split = dataset_split(ds)
         with tempfile.TemporaryDirectory() as workdir:
             predictions = pruned_predictions(config, Job(variant, widths, config.seeds[0]),
                                              split, method=SNAPSHOT_METHOD,

@@ -46,16 +46,22 @@ FULLY_CONNECTED = "fully-connected"
 
 @dataclass(frozen=True)
 class Split:
-    """Training and test tensors of one experiment variant, on the compute device."""
+    """Training and test tensors of one experiment variant, on the compute device.
+
+    ``y_test_clean``: the test targets without the noise added to the data, for data that
+    have them (diffusion-sorption); each cell's loss against them is ``test_loss_clean``.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    y_test_clean: torch.Tensor | None = None
 
     def to(self, device: str | torch.device) -> Split:
+        clean = None if self.y_test_clean is None else self.y_test_clean.to(device)
         return Split(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test,
-                                               self.y_test)))
+                                               self.y_test)), clean)
 
 
 @dataclass(frozen=True)
@@ -178,11 +184,14 @@ class JobRunner:
 
     def evaluation_rows(self, model: torch.nn.Module, cells: list[tuple[str, float]], phase: str,
                         epochs: int, extras: list[dict] | None = None) -> list[dict]:
-        losses, accuracies = evaluate(model, self.split.x_test, self.split.y_test,
-                                      self.config.loss)
+        split = self.split
+        losses, accuracies = evaluate(model, split.x_test, split.y_test, self.config.loss)
+        clean = None if split.y_test_clean is None else evaluate(
+            model, split.x_test, split.y_test_clean, self.config.loss)[0]
         kept = [int(sum(m[k].sum() for m in model.masks())) for k in range(model.count)]
         return [self.row(method, ratio, phase, kept=kept[k], epochs=epochs,
                          test_loss=f"{losses[k].item():.8g}",
+                         test_loss_clean="" if clean is None else f"{clean[k].item():.8g}",
                          test_accuracy="" if accuracies is None
                          else f"{accuracies[k].item():.6g}", **(extras[k] if extras else {}))
                 for k, (method, ratio) in enumerate(cells)]

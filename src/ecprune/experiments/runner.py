@@ -5,7 +5,9 @@ every unit of work to ``OUT/<experiment>-timings.csv``; the configuration they b
 ``OUT/<experiment>-config.json`` (:mod:`.folder`). Checkpoints of unfinished jobs live in
 ``OUT/checkpoints/<experiment>/<key>/`` and are removed as each job completes. Rerunning the
 same command skips every finished cell; a run of another configuration is refused. One run at a
-time holds the folder (:mod:`.lock`).
+time holds the folder (:mod:`.lock`). A CSV written before ``test_loss_clean``
+(:data:`~.store.ADDED_FIELDS`) existed gains the column, empty in its rows, when a run adds cells
+of data with clean targets to it; other CSVs keep their columns.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from . import folder
 from .config import ExperimentConfig
 from .job import Job, JobRunner, Split, cell_key, job_cells
 from .lock import FolderLock
-from .store import TIMING_FIELDS, CsvStore, ResultsStore, read_rows, row_key
+from .store import ADDED_FIELDS, TIMING_FIELDS, CsvStore, ResultsStore, read_rows, row_key
 
 Loader = Callable[[str], Split]
 # Seconds between checks of the worker processes while waiting for progress messages.
@@ -107,6 +109,10 @@ def _run_locked(config, load, out, device, workers, threads, progress, on_rows) 
     folder.check(stored, current, out=out, rows=rows, config=config)
     folder.update(out, stored, current, rows=rows)
     results, _ = _stores(out, config.name)
+    clean = any(split.y_test_clean is not None for split in splits.values())
+    if clean and results.add_columns():  # data without clean targets keep the old layout
+        folder.LOG.warning("ecprune: %s gained the columns %s (empty in its %d earlier rows).",
+                           results.path, ", ".join(ADDED_FIELDS), len(rows))
     root = out / "checkpoints" / config.name
     places = {job: root / current.job_key(job.variant) for job in todo}
     bar = tqdm(total=per_job * len(jobs), initial=sum(finished.values()), desc=config.name,

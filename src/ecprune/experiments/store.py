@@ -1,6 +1,9 @@
 """A tidy CSV of results, appended and flushed as each cell finishes, safe to resume.
 
-One row per (experiment, variant, arch, seed, method, ratio, phase). Appends go through
+One row per (experiment, variant, arch, seed, method, ratio, phase). Columns added since the
+first results were written (:data:`ADDED_FIELDS`) may be missing from an older CSV: it still
+loads, resumes and summarises, and :meth:`ResultsStore.add_columns` gives it the new columns
+(empty in its old rows) before a run appends to it. Appends go through
 :func:`ecprune.atomic.locked_append`: an exclusive ``flock``, so several worker processes can
 share one file, and each append flushed and fsynced, so a killed run leaves every finished row on
 disk. A half-written last line (the kill landed inside a write) is cut off by the next append,
@@ -14,10 +17,13 @@ import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..atomic import locked_append
+from ..atomic import locked_append, write_text
 
 RESULT_FIELDS = ("experiment", "variant", "arch", "seed", "method", "ratio", "phase", "kept",
                  "total", "epochs", "test_loss", "test_accuracy", "score_seconds")
+# Written since, so an older CSV may lack them: the test loss against the noise-free targets,
+# for data that have them (diffusion-sorption; empty otherwise).
+ADDED_FIELDS = ("test_loss_clean",)
 KEY_FIELDS = ("experiment", "variant", "arch", "seed", "method", "ratio", "phase")
 TIMING_FIELDS = ("experiment", "variant", "arch", "seed", "unit", "networks", "epochs",
                  "seconds")
@@ -25,7 +31,8 @@ PHASES = ("dense", "prune", "finetune")
 # Columns that hold numbers; those of REQUIRED never empty (a regression has no accuracy, a dense
 # row no scoring time).
 RESULT_NUMBERS = {"seed": int, "ratio": float, "kept": int, "total": int, "epochs": int,
-                  "test_loss": float, "test_accuracy": float, "score_seconds": float}
+                  "test_loss": float, "test_accuracy": float, "score_seconds": float,
+                  "test_loss_clean": float}
 TIMING_NUMBERS = {"seed": int, "networks": int, "epochs": int, "seconds": float}
 REQUIRED = ("seed", "ratio", "test_loss", "seconds")
 
@@ -42,33 +49,44 @@ def row_key(row: dict) -> tuple[str, ...]:
 
 
 class CsvStore:
-    """Append-only CSV with a fixed header; see the module docstring."""
+    """Append-only CSV with a fixed header; see the module docstring.
 
-    def __init__(self, path: str | Path, fields: Sequence[str]):
+    ``added``: fields of ``fields`` that a file written before they existed may lack; rows
+    appended to such a file leave them out.
+    """
+
+    def __init__(self, path: str | Path, fields: Sequence[str], added: Sequence[str] = ()):
         self.path = Path(path)
         self.fields = tuple(fields)
+        self.added = tuple(added)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with locked_append(self.path) as handle:
-            self._check_header(handle)
+            self._header(handle)
 
-    def _check_header(self, handle: io.BufferedRandom) -> None:
+    def _header(self, handle: io.BufferedRandom) -> tuple[str, ...]:
+        """The columns of the open file (the store's fields when it is empty), checked; leaves
+        ``handle`` at the end."""
         if handle.tell() == 0:
-            return
+            return self.fields
         handle.seek(0)
-        header = next(csv.reader([handle.readline().decode(errors="replace")]), [])
-        if tuple(header) != self.fields:
-            raise ValueError(f"{self.path} has the columns {header}, not {list(self.fields)}; "
-                             "write to another --out directory.")
+        header = tuple(next(csv.reader([handle.readline().decode(errors="replace")]), []))
+        handle.seek(0, io.SEEK_END)
+        if header != tuple(f for f in self.fields if f in header or f not in self.added):
+            raise ValueError(f"{self.path} has the columns {list(header)}, not "
+                             f"{list(self.fields)}; write to another --out directory.")
+        return header
 
     def append(self, rows: Iterable[dict]) -> None:
-        """Write ``rows`` (dicts with the store's fields) at the end, then flush and fsync."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.fields, lineterminator="\n")
-        for row in rows:
-            writer.writerow({field: row.get(field, "") for field in self.fields})
+        """Write ``rows`` (dicts with the store's fields) at the end, in the file's columns, then
+        flush and fsync."""
         with locked_append(self.path) as handle:
+            header = self._header(handle)
+            buffer = io.StringIO()
             if handle.tell() == 0:
-                handle.write((",".join(self.fields) + "\n").encode())
+                buffer.write(",".join(header) + "\n")
+            writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+            for row in rows:
+                writer.writerow({field: row.get(field, "") for field in header})
             handle.write(buffer.getvalue().encode())
 
     def rows(self) -> list[dict[str, str]]:
@@ -94,11 +112,29 @@ class ResultsStore(CsvStore):
     """The results CSV: knows which cells are finished."""
 
     def __init__(self, path: str | Path):
-        super().__init__(path, RESULT_FIELDS)
+        super().__init__(path, RESULT_FIELDS + ADDED_FIELDS, ADDED_FIELDS)
 
     def done(self) -> set[tuple[str, ...]]:
         """Keys of the finished cells."""
         return {row_key(row) for row in self.rows()}
+
+    def add_columns(self) -> bool:
+        """Give a CSV written before :data:`ADDED_FIELDS` existed those columns, empty in its
+        rows (a whole new file, renamed over the old one); True when it did. Only while no
+        other process writes to the file (under the folder lock, before workers start)."""
+        with locked_append(self.path) as handle:
+            if self._header(handle) == self.fields:
+                return False
+            handle.seek(0)
+            rows = list(csv.DictReader(io.StringIO(complete_text(handle.read().decode()),
+                                                   newline="")))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.fields, restval="",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.path, buffer.getvalue())
+        return True
 
 
 def _text(path: Path) -> str:
@@ -145,7 +181,7 @@ def read_checked(path: str | Path, fields: Sequence[str], numbers: dict[str, typ
         if None in row or None in row.values():
             raise ValueError(f"{where}: the number of fields is not the header's "
                              f"{len(reader.fieldnames)}.")
-        _check_numbers(row, {k: v for k, v in numbers.items() if k in fields}, where)
+        _check_numbers(row, {k: v for k, v in numbers.items() if k in row}, where)
         if unique:
             key = row_key(row)
             if key in seen:

@@ -19,7 +19,9 @@ import numpy as np
 
 ALPHA = 0.05
 UNPAIRED = frozenset({"fully-connected"})
-METRICS = {"test_loss": "test loss", "test_accuracy": "test accuracy"}
+# The loss against the noise-free targets, where the data have them (``test_loss_clean``).
+METRICS = {"test_loss": "test loss", "test_loss_clean": "clean test loss",
+           "test_accuracy": "test accuracy"}
 
 
 def number(value: float, digits: int = 4) -> str:
@@ -265,19 +267,22 @@ def _pairs(tables: dict[str, dict[Key, Cell]], present: dict[str, str], variant:
 
 def _section(rows: list[dict[str, str]], variant: str, arch: str,
              pairs: Sequence[tuple[str, str]] = ()) -> list[str]:
-    loss = cells(rows, "test_loss")
-    accuracy = cells(rows, "test_accuracy")
+    tables = {label: cells(rows, metric) for metric, label in METRICS.items()}
+    loss, accuracy = tables["test loss"], tables["test accuracy"]
     methods = [m for m in unique(rows, "method") if m != "dense"]
     present = phases(rows)
     ratios = _ratios(loss, variant, arch, "prune") or _ratios(loss, variant, arch, "finetune")
-    dense = loss[(variant, arch, "dense", "dense", 0.0)]
+    dense_key = (variant, arch, "dense", "dense", 0.0)
+    dense, clean = loss[dense_key], tables["clean test loss"].get(dense_key)
     title = f"{arch}" + (f", {variant}" if variant else "")
     out = [f"## {title}", "",
            f"Dense: test loss {number(dense.mean)} (seeds {number(dense.low)}-"
            f"{number(dense.high)})"
-           + (f", accuracy {number(accuracy[(variant, arch, 'dense', 'dense', 0.0)].mean)}"
-              if accuracy else "") + f", {len(dense.values)} seeds.", ""]
-    for metric, table in (("test loss", loss), ("test accuracy", accuracy)):
+           + (f", clean test loss {number(clean.mean)} (seeds {number(clean.low)}-"
+              f"{number(clean.high)})" if clean else "")
+           + (f", accuracy {number(accuracy[dense_key].mean)}" if accuracy else "")
+           + f", {len(dense.values)} seeds.", ""]
+    for metric, table in tables.items():
         for phase, label in present.items():
             if table:
                 out += [f"### Mean {metric}, {label}", "",
@@ -295,7 +300,6 @@ def _section(rows: list[dict[str, str]], variant: str, arch: str,
     if "finetune" in present:
         out += ["", "### ECP's test loss against dense, prune + fine-tune", "",
                 change_table(loss, variant, arch, "ecp", "finetune")]
-    tables = {"test loss": loss, "test accuracy": accuracy}
     return [*out, "", *_pairs(tables, present, variant, arch, pairs)]
 
 
@@ -343,7 +347,7 @@ def cost_table(rows: list[dict[str, str]], timings: list[dict[str, str]]) -> str
 def _across_variants(rows: list[dict[str, str]], arch: str) -> list[str]:
     """Head-to-head counts over all variants and ratios; with several variants, each
     method's mean loss per variant side by side."""
-    loss = cells(rows, "test_loss")
+    loss, clean = cells(rows, "test_loss"), cells(rows, "test_loss_clean")
     variants = unique(rows, "variant")
     methods = [m for m in unique(rows, "method") if m != "dense"]
     title = f"{arch}, all variants" if len(variants) > 1 else arch
@@ -352,9 +356,12 @@ def _across_variants(rows: list[dict[str, str]], arch: str) -> list[str]:
         out += [f"### {title}: ECP head to head, {label} (paired t-tests, alpha {ALPHA})", "",
                 head_to_head(loss, arch, phase), ""]
         if len(variants) > 1:
-            out += [f"### {arch}: mean test loss per variant ({' / '.join(variants)}), "
-                    f"{label}", "", variant_table(loss, arch, phase, methods, variants), "",
-                    f"### {arch}: does the order of the methods change across variants? "
+            for metric, table in (("test loss", loss), ("clean test loss", clean)):
+                if table:
+                    out += [f"### {arch}: mean {metric} per variant ({' / '.join(variants)}), "
+                            f"{label}", "", variant_table(table, arch, phase, methods, variants),
+                            ""]
+            out += [f"### {arch}: does the order of the methods change across variants? "
                     f"{label}", "", variant_agreement(loss, arch, phase, variants), ""]
     return out
 
