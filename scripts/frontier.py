@@ -52,6 +52,7 @@ from ecprune.experiments.training import gradient_pass_seconds
 LABELS = {
     "ecp-refit": ("ecp-refit", 1, {}),
     "ecp-refit-steps3": ("ecp-refit", 3, {}),
+    "ecp-refit-global": ("ecp-refit", 1, {"allocation": "global"}),
     "sparsegpt": ("sparsegpt", 1, {}),
     "ecp-refit-swaps": ("ecp-refit", 1, {"refine": "swaps"}),
     "ecp-admm": ("ecp-admm", 1, {}),
