@@ -289,6 +289,19 @@ def test_network_objective_keeps_the_pattern(net_and_data):
     assert all((group_counts(model.get_submodule(name), 4) == 2).all() for name in LINEARS)
 
 
+def test_a_pattern_skips_the_allocation_curves(net_and_data, monkeypatch):
+    model, x = net_and_data
+    unpatterned = ecprune.importance(copy.deepcopy(model), x, "ecp-refit")
+    assert unpatterned.curves is not None  # so the check below can fail
+
+    def refused(*args, **kwargs):
+        raise AssertionError("allocation curves computed under a pattern")
+
+    monkeypatch.setattr(REGISTRY["ecp-refit"], "curves", refused)
+    ecprune.prune(model, x, 0.5, "ecp-refit", pattern="2:4")
+    assert all((group_counts(model.get_submodule(name), 4) == 2).all() for name in LINEARS)
+
+
 def test_grouped_projection_keeps_all_but_the_lowest_of_every_group():
     generator = torch.Generator().manual_seed(0)
     point = torch.randn(3, 8, dtype=torch.float64, generator=generator)

@@ -142,7 +142,7 @@ def prune(model: nn.Module, data: object, sparsity: float | None = None,
     reports = []
     with preserved(layers):
         for target in step_sparsities(start, sparsity, steps):
-            scores = score(model, data, layers, method, opts)
+            scores = score(model, data, layers, method, opts, allocates=pattern is None)
             reports.append(prune_scored(model, layers, scores, target, scope, batches=batches,
                                         reference=reference, options=opts))
     return combine_reports(reports)

@@ -50,8 +50,9 @@ def fingerprint(method: Method, options: Options, layers: dict[str, nn.Linear], 
 
 
 def score(model: nn.Module, data: object, layers: dict[str, nn.Linear], method: Method,
-          options: Options) -> Importances:
-    """One data pass for the statistics ``method`` requests, then its scores."""
+          options: Options, *, allocates: bool = True) -> Importances:
+    """One data pass for the statistics ``method`` requests, then its scores (and, when
+    ``allocates``, the per-layer data of its allocation: not needed with an N:M pattern)."""
     start = time.perf_counter()
     if method.compensates:
         check_biases(layers, method.label, options.add_bias)
@@ -63,7 +64,7 @@ def score(model: nn.Module, data: object, layers: dict[str, nn.Linear], method: 
                              statistics=stats, seed=options.seed, output_fn=options.output_fn,
                              progress=options.progress)
     scores = method.score(context)
-    curves = method.curves(context, scores)
+    curves = method.curves(context, scores) if allocates else None
     grams = {name: stats.layers[name].gram for name in layers} if request.gram else None
     return Importances(scores, method=method, seconds=time.perf_counter() - start,
                        mean_output_sq=stats.mean_output_sq, curves=curves, grams=grams,
