@@ -200,6 +200,34 @@ def test_one_token_gives_the_scores_of_the_one_row_path():
                                        atol=1e-15)
 
 
+def all_signs(shape, probes, generator, *, dtype, device):
+    """Every sign vector of the outputs, the same for each sample: sum_k z_k z_k^T = I
+    exactly, so Hutchinson's sums equal the exact ones (replaces the random draw)."""
+    batch, count, n_out = shape
+    assert count == 2 ** n_out
+    signs = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=dtype)] * n_out)
+    return (signs / count ** 0.5).to(device).expand(batch, count, n_out)
+
+
+@pytest.mark.parametrize("shift", ["joint", "rows"])
+def test_probes_on_token_layers_estimate_the_exact_sums(shift, monkeypatch):
+    """Hutchinson's probes run through the token path: with random signs the scores differ
+    from the exact ones; with every sign vector (whose outer products sum to the identity)
+    they equal them."""
+    model, x = model_and_data()
+    exact = score_units(model, x, "ecp", shift=shift).scores["fc1"]
+    random = score_units(model, x, "ecp", shift=shift, sensitivity="hutchinson",
+                         probes=2 ** OUT).scores["fc1"]
+    assert not torch.allclose(random.score, exact.score, rtol=1e-3)
+    for where in ("structured.moments", "engine.statistics"):  # joint, rows
+        monkeypatch.setattr(f"ecprune.{where}.rademacher", all_signs)
+    enumerated = score_units(model, x, "ecp", shift=shift, sensitivity="hutchinson",
+                             probes=2 ** OUT).scores["fc1"]
+    torch.testing.assert_close(enumerated.score, exact.score, rtol=RTOL, atol=0)
+    torch.testing.assert_close(enumerated.shifts["fc2"], exact.shifts["fc2"], rtol=RTOL,
+                               atol=1e-14)
+
+
 def test_fraction_zero_changes_nothing_on_token_layers():
     model, x = model_and_data()
     before = copy.deepcopy(model.state_dict())
