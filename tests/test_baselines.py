@@ -153,3 +153,11 @@ def test_ecp_ranking_tracks_nonlinear_ranking_on_a_smooth_net():
     b = torch.cat([exact[n].score.reshape(-1) for n in ecp])
     ranks = lambda t: t.argsort().argsort().double()  # noqa: E731
     assert torch.corrcoef(torch.stack([ranks(a), ranks(b)]))[0, 1] > 0.9
+
+
+def test_gradient_mse_with_targets_of_the_wrong_size_names_both_shapes(tiny):
+    model, x = tiny
+    data = torch.utils.data.TensorDataset(x, torch.randn(len(x), 3, dtype=x.dtype))
+    with pytest.raises(ValueError, match=r"The 'mse' loss compares float targets .* shape "
+                                         r"\(\d+, 3\) for an output of shape \(\d+, 2\)"):
+        ecprune.importance(model, data, "gradient")

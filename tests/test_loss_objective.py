@@ -144,3 +144,15 @@ def test_inputs_without_labels_are_refused_and_the_model_is_unchanged():
     assert model.state_dict().keys() == state.keys()
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+def test_float_targets_of_the_wrong_size_name_both_shapes_and_change_nothing():
+    model = mlp([4, 6, 5, 3], nn.Tanh, seed=1)
+    x, _ = data(1)
+    state = copy.deepcopy(model.state_dict())
+    wrong = TensorDataset(x, torch.randn(len(x), 2, dtype=x.dtype))
+    with pytest.raises(ValueError, match=r"objective='loss' compares float targets .* shape "
+                                         r"\(\d+, 2\) for an output of shape \(\d+, 3\)"):
+        ecprune.prune(model, wrong, 0.5, "ecp-refit", objective="loss")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key

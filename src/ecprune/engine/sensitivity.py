@@ -87,19 +87,24 @@ def _block_size(seeds: int, batch: int, width: int) -> int:
 
 
 def seed_products(output: torch.Tensor, pre_activations: list[torch.Tensor], *,
-                  probes: int | None = None,
-                  generator: torch.Generator | None = None) -> Iterator[tuple]:
+                  probes: int | None = None, generator: torch.Generator | None = None,
+                  directions: torch.Tensor | None = None) -> Iterator[tuple]:
     """Per block of seeds ``v_k``, ``v_k^T dy/du`` (k, B, n) for every tensor of
     ``pre_activations`` (zeros where it does not reach ``output``), by batched reverse passes.
 
-    Seeds: the unit vectors of the outputs (``probes=None``) or ``probes`` Rademacher vectors
-    scaled by ``1/sqrt(probes)`` per sample, so that summed squares estimate ``||dy/du||^2``.
+    Seeds: the unit vectors of the outputs (``probes=None``), ``probes`` Rademacher vectors
+    scaled by ``1/sqrt(probes)`` per sample, so that summed squares estimate ``||dy/du||^2``,
+    or the caller's per-sample ``directions`` (B, seeds, n_out), e.g. the rows of a factor of
+    a loss's Hessian.
     """
     batch, n_out = output.shape
     seeds = n_out if probes is None else probes
+    seeds = seeds if directions is None else directions.shape[1]
     width = sum(u.shape[1] for u in pre_activations)
     for start, stop in _blocks(seeds, _block_size(seeds, batch, width)):
-        if probes is None:
+        if directions is not None:
+            grad_outputs = directions[:, start:stop].transpose(0, 1)
+        elif probes is None:
             grad_outputs = output.new_zeros(stop - start, batch, n_out)
             grad_outputs[torch.arange(stop - start), :, torch.arange(start, stop)] = 1
         else:
@@ -113,16 +118,18 @@ def seed_products(output: torch.Tensor, pre_activations: list[torch.Tensor], *,
 
 
 def sensitivities(output: torch.Tensor, pre_activations: list[torch.Tensor], *,
-                  probes: int | None = None,
-                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                  probes: int | None = None, generator: torch.Generator | None = None,
+                  directions: torch.Tensor | None = None) -> list[torch.Tensor]:
     """``s(x)`` (B, n) for every tensor in ``pre_activations`` by autograd (any structure).
 
     ``output`` (B, n_out) must depend on each pre-activation through the autograd graph.
     ``probes=None``: exact, one batched reverse pass per block of outputs; else the Hutchinson
-    estimate with ``probes`` Rademacher probes per sample drawn from ``generator``.
+    estimate with ``probes`` Rademacher probes per sample drawn from ``generator``;
+    ``directions`` (B, m, n_out): ``sum_m ||d(v_m . y)/du||^2`` over the caller's seeds.
     """
     result = [torch.zeros_like(u, requires_grad=False) for u in pre_activations]
-    for grads in seed_products(output, pre_activations, probes=probes, generator=generator):
+    for grads in seed_products(output, pre_activations, probes=probes, generator=generator,
+                               directions=directions):
         for total, grad in zip(result, grads, strict=True):
             total += grad.square().sum(0)
     return result

@@ -12,15 +12,14 @@ import torch.nn.functional as F
 
 from .._validation import check_choice
 from ..engine.statistics import ACCUMULATE_DTYPE, StatisticsRequest
+from ..targets import loss_name, regression_target
 from .base import LayerImportance, Method, ScoringContext
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if target.numel() == output.numel():
-        target = target.reshape(output.shape)
-    return F.mse_loss(output, target.to(output.dtype))
+    return F.mse_loss(output, regression_target(output, target, "The 'mse' loss"))
 
 
 def _cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -59,8 +58,7 @@ class MagnitudeCompensated(Method):
 
 
 def _auto_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    name = "mse" if target.is_floating_point() else "cross_entropy"
-    return LOSSES[name](output, target)
+    return LOSSES[loss_name(target)](output, target)
 
 
 @dataclass(frozen=True, kw_only=True)

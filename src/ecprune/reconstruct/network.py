@@ -51,7 +51,7 @@ from ..engine.sensitivity import sensitivities
 from ..engine.statistics import ACCUMULATE_DTYPE, gram
 from ..engine.tape import eval_mode, forward, progress_disabled, stream
 from .layerwise import BatchFactory, execution_order, solve_spd
-from .objectives import DenseOutputs, LabelLoss, weighted_sensitivities
+from .objectives import DenseOutputs, LabelLoss
 
 # Trial steps: alpha, alpha / 2, ..., alpha / 2^HALVINGS.
 HALVINGS = 6
@@ -87,8 +87,7 @@ def gradient_pass(model: nn.Module, layers: dict[str, nn.Linear], batches: Batch
             us = [u for _, _, u in calls]
             g_us = torch.autograd.grad(objective.value(output, batch), us, retain_graph=True)
             factor = objective.hessian_factor(output, batch)
-            s_us = (sensitivities(output, us) if factor is None
-                    else weighted_sensitivities(output, us, factor))
+            s_us = sensitivities(output, us, directions=factor)
             totals[0] += objective.reported(output.detach(), batch).to(ACCUMULATE_DTYPE).item()
             for (n, a, _), g, s in zip(calls, g_us, s_us, strict=True):
                 a = a.reshape(-1, a.shape[-1]).detach()

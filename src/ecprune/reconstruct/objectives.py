@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.tape import eval_mode, forward
+from ..targets import loss_name, regression_target
 
 # Dense outputs kept in memory between passes up to this many values (else recomputed).
 CACHE_ELEMENTS = 2**25
@@ -64,8 +65,8 @@ class LabelLoss:
             raise ValueError("objective='loss' fits the network to the data's labels, but the "
                              "data holds inputs only; pass (inputs, targets) batches or a "
                              "TensorDataset, or use objective='network'.")
-        if targets.is_floating_point():
-            return targets.reshape(output.shape).to(output.dtype)
+        if loss_name(targets) == "mse":
+            return regression_target(output, targets, "objective='loss'")
         if output.ndim != 2 or targets.shape != output.shape[:1]:
             raise ValueError(f"objective='loss' with integer targets takes them as class "
                              f"indices of the output's (batch, classes) logits; got targets of "
@@ -75,7 +76,7 @@ class LabelLoss:
 
     def value(self, output: torch.Tensor, batch) -> torch.Tensor:
         targets = self._targets(output, batch)
-        if targets.is_floating_point():
+        if loss_name(targets) == "mse":
             return 0.5 * (output - targets).square().sum()
         return F.cross_entropy(output, targets, reduction="sum")
 
@@ -83,28 +84,15 @@ class LabelLoss:
 
     def residual(self, output: torch.Tensor, batch) -> torch.Tensor:
         targets = self._targets(output, batch)
-        if targets.is_floating_point():
+        if loss_name(targets) == "mse":
             return output - targets
         return torch.softmax(output, 1) - F.one_hot(targets, output.shape[1]).to(output.dtype)
 
     def hessian_factor(self, output: torch.Tensor, batch) -> torch.Tensor | None:
-        """(B, classes, classes): row ``k`` of sample ``b`` is ``sqrt(p_k) (e_k - p)``."""
-        if self._targets(output, batch).is_floating_point():
+        """(B, classes, classes): row ``k`` of sample ``b`` is ``sqrt(p_k) (e_k - p)``, the
+        seeds of :func:`ecprune.engine.sensitivity.sensitivities` (``directions``)."""
+        if loss_name(self._targets(output, batch)) == "mse":
             return None
         p = torch.softmax(output.detach(), 1)
         eye = torch.eye(p.shape[1], dtype=p.dtype, device=p.device)
         return p.sqrt()[:, :, None] * (eye[None] - p[:, None, :])
-
-
-def weighted_sensitivities(output: torch.Tensor, pre_activations: list[torch.Tensor],
-                           factor: torch.Tensor) -> list[torch.Tensor]:
-    """``sum_m ||d(F_m . y)/du||^2`` per row of every pre-activation: ECP's sensitivities in
-    the metric of the objective's Hessian ``F^T F``; one reverse pass per row of ``F``."""
-    result = [torch.zeros_like(u, requires_grad=False) for u in pre_activations]
-    for m in range(factor.shape[1]):
-        grads = torch.autograd.grad(output, pre_activations, grad_outputs=factor[:, m],
-                                    retain_graph=True, allow_unused=True)
-        for total, grad in zip(result, grads, strict=True):
-            if grad is not None:
-                total += grad.square()
-    return result
