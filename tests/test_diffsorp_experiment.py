@@ -16,8 +16,10 @@ from ecprune.experiments import EXPERIMENTS
 from ecprune.experiments.config import PAPER_METHODS, PAPER_RATIOS, PAPER_SEEDS
 from ecprune.experiments.convergence import Study, run_study
 from ecprune.experiments.diffsorp import (
+    CONVERGED_EPOCHS,
     DIFFSORP,
     DIFFSORP_QUICK,
+    DIFFSORP_SHORT,
     load_dataset,
     load_diffsorp_split,
     noise_variant,
@@ -38,6 +40,18 @@ def test_the_registered_grid_is_the_papers():
     assert [variant_noise(v) for v in full.variants] == list(NOISE_LEVELS) == [0, 0.005, 0.01]
     assert full.loss == "mse" and full.fully_connected
     assert EXPERIMENTS["mnist"].figures is None and EXPERIMENTS["diffsorp"].figures is not None
+
+
+def test_the_grid_trains_and_fine_tunes_for_the_studys_epochs():
+    """The convergence study's schedule: E epochs of training and E of fine-tuning (the
+    paper's protocol); the first grid's 30 + 10 differ from it in the epochs only."""
+    assert DIFFSORP.epochs == DIFFSORP.finetune_epochs == CONVERGED_EPOCHS > 30
+    assert DIFFSORP.baseline_epochs == 2 * CONVERGED_EPOCHS
+    assert (DIFFSORP_SHORT.epochs, DIFFSORP_SHORT.finetune_epochs) == (30, 10)
+    assert replace(DIFFSORP_SHORT, epochs=CONVERGED_EPOCHS,
+                   finetune_epochs=CONVERGED_EPOCHS) == DIFFSORP
+    assert EXPERIMENTS["beyond-diffsorp"].full.epochs == CONVERGED_EPOCHS
+    assert EXPERIMENTS["neurons-diffsorp"].full.epochs == 30  # its results predate the study
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.005, 0.01, 0.25])

@@ -38,7 +38,7 @@ import ecprune
 from ..masking.selection import layer_counts
 from . import checkpoints
 from .config import ExperimentConfig, weight_count
-from .diffsorp import ARCHITECTURES, DIFFSORP, noise_variant
+from .diffsorp import ARCHITECTURES, DIFFSORP_SHORT, noise_variant
 from .job import FINETUNE_STREAM, FULLY_CONNECTED, JobRunner, _cost, _digest
 from .methods import masked_template, parse_label, prune_copy
 from .mnist import MNIST
@@ -273,7 +273,7 @@ NEURONS = neurons_config(MNIST, name="neurons",
 NEURONS_QUICK = dataclasses.replace(NEURONS, architectures=((784, 32, 32, 10),), seeds=(0,),
                                     ratios=(0.5, 0.875), epochs=1, finetune_epochs=1)
 
-NEURONS_DIFFSORP = neurons_config(DIFFSORP, name="neurons-diffsorp",
+NEURONS_DIFFSORP = neurons_config(DIFFSORP_SHORT, name="neurons-diffsorp",
                                   architectures=ARCHITECTURES[1:],
                                   variants=(noise_variant(0.005),))
 NEURONS_DIFFSORP_QUICK = dataclasses.replace(NEURONS_DIFFSORP, seeds=(0,), ratios=(0.5, 0.875),
