@@ -21,6 +21,7 @@ from ecprune.experiments.convergence import (
     converged_budget,
     convergence_table,
     run_study,
+    saturated_budget,
     summarise,
 )
 from ecprune.experiments.diffsorp import ARCHITECTURES, DIFFSORP
@@ -53,6 +54,19 @@ def test_the_rule_is_the_smallest_budget_whose_doubling_changes_the_mean_by_unde
     assert converged_budget(means) == expected
 
 
+@pytest.mark.parametrize(("means", "expected"), [
+    ({30: 1.0, 60: 0.5, 120: 0.48}, 60),                 # -52 %, then -4 %
+    ({30: 1.0, 60: 0.5, 120: 0.6}, 60),                  # a rise: doubling no longer pays
+    ({30: 1.0, 60: 1.5}, 30),
+    ({30: 1.0, 60: 0.5, 120: 0.3}, None),                # still falling by more than 5 %
+    ({30: 1.0, 60: 0.95}, None),                         # exactly 5 % lower: still pays
+    ({30: 1.0, 60: 0.5, 100: 0.6}, None),                # 100 is no doubling of 60
+])
+def test_saturation_is_the_first_budget_whose_doubling_lowers_the_mean_by_under_5_percent(
+        means, expected):
+    assert saturated_budget(means) == expected
+
+
 def test_the_tolerance_is_relative_to_the_loss_at_the_smaller_budget():
     assert converged_budget({10: 1e-5, 20: 0.91e-5}, tolerance=0.1) == 10
     assert converged_budget({10: 1e-5, 20: 0.89e-5}, tolerance=0.1) is None
@@ -77,9 +91,10 @@ def test_the_summary_averages_over_the_seeds_and_skips_incomplete_budgets():
     assert found[(arch, 0.01)].budget == 60
     assert found[(arch, 0.01)].changes() == pytest.approx({30: -0.5, 60: -0.01})
     assert found[(arch, 0.0)].means == {30: 1.0} and found[(arch, 0.0)].budget is None
+    assert found[(arch, 0.01)].saturated == 60
     table = convergence_table(study, rows)
-    assert f"| {arch} | 0.01 | 60 | - | 30->60: -50.0%, 60->120: -1.0% | - |" in table
-    assert f"| {arch} | 0 | none reached | - | - | - |" in table
+    assert f"| {arch} | 0.01 | 60 | 60 | - | - | 30->60: -50.0%, 60->120: -1.0% | - |" in table
+    assert f"| {arch} | 0 | none reached | none reached | - | - | - | - |" in table
 
 
 def test_the_full_study_is_the_issues():

@@ -10,7 +10,10 @@ test set against the noisy targets (``test_loss``) and the clean solver values
 loses at most one epoch, and a rerun skips the finished rows.
 
 The rule (:func:`converged_budget`): the smallest budget E whose mean loss over the seeds
-changes by less than ``tolerance`` (5 %) from E to 2E.
+changes by less than ``tolerance`` (5 %) from E to 2E. Beside it, :func:`saturated_budget`:
+the smallest E from which doubling no longer *lowers* the mean loss by ``tolerance`` or more
+(with noisy targets the test loss can rise with more epochs, the network fitting the noise;
+the literal rule then fails although more training does not help).
 """
 
 from __future__ import annotations
@@ -183,15 +186,33 @@ def converged_budget(means: dict[int, float], tolerance: float = 0.05) -> int | 
     return None
 
 
+def saturated_budget(means: dict[int, float], tolerance: float = 0.05) -> int | None:
+    """The smallest budget ``E`` of ``means`` from which doubling lowers the loss by less than
+    ``tolerance`` (relative to the loss at ``E``), or raises it; None when every doubling in
+    ``means`` lowers it by more.
+
+    >>> saturated_budget({30: 1.0, 60: 0.5, 120: 0.6})
+    60
+    >>> saturated_budget({30: 1.0, 60: 0.5, 120: 0.3}) is None
+    True
+    """
+    for epochs in sorted(means):
+        if 2 * epochs in means and means[2 * epochs] > (1 - tolerance) * means[epochs]:
+            return epochs
+    return None
+
+
 @dataclass(frozen=True)
 class Convergence:
-    """One architecture and noise level: mean loss over seeds per budget, and the rule's E."""
+    """One architecture and noise level: mean loss over seeds per budget, the rule's E and the
+    E from which doubling stops paying (:func:`saturated_budget`)."""
 
     arch: str
     noise: float
     metric: str
     means: dict[int, float]
     budget: int | None
+    saturated: int | None = None
 
     def changes(self) -> dict[int, float]:
         """Relative change of the mean loss from ``E`` to ``2E``, per ``E``."""
@@ -224,30 +245,36 @@ def summarise(rows: list[dict[str, str]], study: Study,
     for (arch, noise), by_budget in loss_table(mine, metric, seeds=study.seeds).items():
         means = {e: float(np.mean(values)) for e, values in by_budget.items()}
         found.append(Convergence(arch, noise, metric, means,
-                                 converged_budget(means, study.tolerance)))
+                                 converged_budget(means, study.tolerance),
+                                 saturated_budget(means, study.tolerance)))
     return found
 
 
 def convergence_table(study: Study, rows: list[dict[str, str]]) -> str:
-    """Per architecture and noise level: the rule's E for both losses and the change of the mean
-    test loss at every doubling."""
-    lines = [f"Smallest budget E whose mean loss over seeds {list(study.seeds)} changes by less "
-             f"than {study.tolerance:.0%} from E to 2E (budgets {sorted(set(study.budgets))}).",
-             "", "| architecture | noise d | E, test loss | E, clean test loss | test loss "
-             "change per doubling | clean test loss change per doubling |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """Per architecture and noise level, for both losses: the rule's E, the E from which
+    doubling stops paying, and the change of the mean loss at every doubling."""
+    tolerance = f"{study.tolerance:.0%}"
+    lines = [f"Means over seeds {list(study.seeds)}, budgets {sorted(set(study.budgets))}. "
+             f"E: the smallest budget whose mean loss changes by less than {tolerance} from E "
+             f"to 2E (the rule); E+: the smallest from which doubling lowers it by less than "
+             f"{tolerance} or raises it.",
+             "", "| architecture | noise d | E, test loss | E+, test loss | E, clean | E+, clean "
+             "| test loss change per doubling | clean test loss change per doubling |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     clean = {(c.arch, c.noise): c for c in summarise(rows, study, "test_loss_clean")}
     for noisy in summarise(rows, study, "test_loss"):
         other = clean.get((noisy.arch, noisy.noise))
-        cells = [_budget(noisy), _budget(other), _changes(noisy), _changes(other)]
+        cells = [_budget(noisy, "budget"), _budget(noisy, "saturated"), _budget(other, "budget"),
+                 _budget(other, "saturated"), _changes(noisy), _changes(other)]
         lines.append(f"| {noisy.arch} | {noisy.noise:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _budget(found: Convergence | None) -> str:
+def _budget(found: Convergence | None, which: str) -> str:
     if found is None:
         return "-"
-    return "none reached" if found.budget is None else str(found.budget)
+    value = getattr(found, which)
+    return "none reached" if value is None else str(value)
 
 
 def _changes(found: Convergence | None) -> str:
