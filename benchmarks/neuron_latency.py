@@ -1,4 +1,4 @@
-"""CPU inference latency of a network with fewer neurons against the dense, masked and CSR ones.
+"""Inference latency of a network with fewer neurons against the dense, masked and CSR ones.
 
 For 784-512-512-10 (PReLU, one slope per unit) and unit fractions 0.5 and 0.75:
 
@@ -12,7 +12,8 @@ Each forward pass is timed with ``torch.utils.benchmark`` (median of blocked run
 ``--repeats`` interleaved rounds, under ``torch.inference_mode``) at batch 1 and 256. Writes
 JSON with the machine and the date to ``docs/benchmarks/neuron_latency.json``.
 
-Run: ``.venv/bin/python benchmarks/neuron_latency.py --threads 1`` (about a minute).
+Run: ``.venv/bin/python benchmarks/neuron_latency.py --threads 1`` (about a minute); on a GPU
+``--device cuda --out docs/benchmarks/neuron_latency_cuda.json`` (``benchmarks/device_checks.sh``).
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def timed(models: dict[str, nn.Module], x: torch.Tensor, min_run_time: float,
     return best
 
 
-def measure(min_run_time: float, repeats: int) -> list[dict]:
+def measure(min_run_time: float, repeats: int, device: str = "cpu") -> list[dict]:
     rows = []
     data = torch.randn(SAMPLES, WIDTHS[0], generator=torch.Generator().manual_seed(1))
     dense = build()
+    on_device = copy.deepcopy(dense).to(device)
     for fraction in FRACTIONS:
         small = copy.deepcopy(dense)
         report = ecprune.prune_neurons(small, data, fraction, "ecp", scope="layer")
@@ -84,9 +86,10 @@ def measure(min_run_time: float, repeats: int) -> list[dict]:
         csr = ecprune.to_sparse(masked)
         kept = sum(int(m.weight_mask.sum()) for m in masked if hasattr(m, "weight_mask"))
         assert kept == report.after.macs  # a Linear's multiply-adds are its weights
-        models = {"dense": dense, "neurons": small, "masked": masked, "csr": csr}
+        models = {"dense": on_device, "neurons": small.to(device), "masked": masked.to(device),
+                  "csr": csr.to(device)}
         for batch in BATCHES:
-            x = torch.randn(batch, WIDTHS[0])
+            x = torch.randn(batch, WIDTHS[0], device=device)
             best = timed(models, x, min_run_time, repeats)
             row = {"fraction": fraction, "batch": batch, "widths": report.widths,
                    "weights_dense": report.before.macs, "weights_kept": report.after.macs,
@@ -107,18 +110,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds per blocked measurement (default: 0.2)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="interleaved rounds per model; the least median is kept")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the timed models (default: cpu; cuda on a GPU, "
+                             "where the timer synchronises)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent
                         / "docs" / "benchmarks" / "neuron_latency.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     before = os.getloadavg()
-    rows = measure(args.min_run_time, args.repeats)
+    rows = measure(args.min_run_time, args.repeats, args.device)
     after = os.getloadavg()
     payload = {"benchmark": "neuron_latency", "network": "-".join(map(str, WIDTHS)),
                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                            "platform": platform.platform()},
-               "torch": torch.__version__, "threads": args.threads,
+               "torch": torch.__version__, "threads": args.threads, "device": args.device,
+               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
                "load_average": {"before": before[0], "after": after[0]}, "rows": rows}
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
