@@ -2,8 +2,8 @@
 
 A 4096-4096-4096-4096 MLP (ReLU, float16) pruned to 2:4 by magnitude (``ecprune.prune(...,
 pattern="2:4")``), run as the masked dense model and as ``to_semi_structured(model)``, at batch
-1, 256 and 4096, each forward timed with ``torch.utils.benchmark`` (which synchronises CUDA;
-median of blocked runs, least of ``--repeats`` rounds, under ``torch.inference_mode``). The
+1, 256 and 4096, each forward timed as in ``neuron_latency.py`` (``torch.utils.benchmark``, which
+synchronises CUDA; least median of ``--repeats`` interleaved rounds, ``torch.inference_mode``). The
 outputs of the two are compared (largest absolute difference, float16 rounding expected).
 Writes JSON with the GPU and the date. Needs a CUDA GPU of compute capability 8.0 or more:
 this is a device check (``benchmarks/device_checks.sh``), not run in CI.
@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 import torch
+from neuron_latency import timed
 from torch import nn
-from torch.utils import benchmark
 
 import ecprune
 
@@ -32,17 +32,10 @@ def build(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     for k in range(DEPTH):
-        layers += [nn.Linear(WIDTH, WIDTH), nn.ReLU()] if k < DEPTH - 1 else [
-            nn.Linear(WIDTH, WIDTH)]
+        layers.append(nn.Linear(WIDTH, WIDTH))
+        if k < DEPTH - 1:
+            layers.append(nn.ReLU())
     return nn.Sequential(*layers).eval()
-
-
-def median_seconds(model: nn.Module, x: torch.Tensor, min_run_time: float,
-                   repeats: int) -> float:
-    with torch.inference_mode():
-        timer = benchmark.Timer("model(x)", globals={"model": model, "x": x})
-        return min(timer.blocked_autorange(min_run_time=min_run_time).median
-                   for _ in range(repeats))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         x = torch.randn(batch, WIDTH, device="cuda", dtype=torch.float16)
         with torch.inference_mode():
             difference = (dense(x) - sparse(x)).abs().max().item()
-        t_dense = median_seconds(dense, x, args.min_run_time, args.repeats)
-        t_sparse = median_seconds(sparse, x, args.min_run_time, args.repeats)
+        best = timed({"dense": dense, "sparse": sparse}, x, args.min_run_time, args.repeats)
+        t_dense, t_sparse = best["dense"], best["sparse"]
         rows.append({"batch": batch, "dense_us": round(t_dense * 1e6, 1),
                      "semi_structured_us": round(t_sparse * 1e6, 1),
                      "speedup": round(t_dense / t_sparse, 2), "max_abs_difference": difference})

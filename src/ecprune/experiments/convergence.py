@@ -179,11 +179,7 @@ def converged_budget(means: dict[int, float], tolerance: float = 0.05) -> int | 
     >>> converged_budget({30: 1.0, 60: 0.5, 100: 0.49}) is None  # 100 is no doubling of 60
     True
     """
-    for epochs in sorted(means):
-        if 2 * epochs in means and abs(means[2 * epochs] - means[epochs]) < tolerance * abs(
-                means[epochs]):
-            return epochs
-    return None
+    return _first_budget(means, lambda loss, doubled: abs(doubled - loss) < tolerance * abs(loss))
 
 
 def saturated_budget(means: dict[int, float], tolerance: float = 0.05) -> int | None:
@@ -196,10 +192,13 @@ def saturated_budget(means: dict[int, float], tolerance: float = 0.05) -> int | 
     >>> saturated_budget({30: 1.0, 60: 0.5, 120: 0.3}) is None
     True
     """
-    for epochs in sorted(means):
-        if 2 * epochs in means and means[2 * epochs] > (1 - tolerance) * means[epochs]:
-            return epochs
-    return None
+    return _first_budget(means, lambda loss, doubled: doubled > (1 - tolerance) * loss)
+
+
+def _first_budget(means: dict[int, float], settled: Callable[[float, float], bool]) -> int | None:
+    """The smallest ``E`` of ``means`` with ``2E`` in it and ``settled(means[E], means[2E])``."""
+    return next((epochs for epochs in sorted(means)
+                 if 2 * epochs in means and settled(means[epochs], means[2 * epochs])), None)
 
 
 @dataclass(frozen=True)
