@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import ecprune
 from ecprune.cli import main
@@ -24,6 +26,8 @@ from ecprune.experiments.folder import (
     FolderConfig,
     config_path,
     data_digest,
+    data_sketch,
+    sketches_agree,
     without_new_defaults,
 )
 from ecprune.experiments.job import Job
@@ -120,6 +124,7 @@ def test_a_folder_takes_more_seeds_and_methods_but_not_other_ones(finished):
     changed = json.loads(config_path(finished, "tiny").read_text())
     changed["methods"]["ecp"] = "ECP(sensitivity='exact', probes=None), steps=1"
     changed["data"][""] = "sha256:0"
+    changed["sketches"][""][1] += 1.0  # other data: the sum of x_train differs
     config_path(finished, "tiny").write_text(json.dumps(changed))
     with pytest.raises(ConfigMismatch, match=r"method 'ecp': ECP\(sensitivity='exact'.* there"):
         run_experiment(ONE_SEED, no_data, out=finished, progress=False)
@@ -127,6 +132,50 @@ def test_a_folder_takes_more_seeds_and_methods_but_not_other_ones(finished):
     config_path(finished, "tiny").write_text(json.dumps(changed))
     with pytest.raises(ConfigMismatch, match=r"data of variant '': sha256:0 there, sha256:"):
         run_experiment(replace(ONE_SEED, seeds=(2,)), tiny_split, out=finished, progress=False)
+
+
+def nudged(split, step):
+    """``split`` with every input moved by ``step`` float32 ulps (step > 0) or scaled by
+    ``1 - step`` (0 < step < 1)."""
+    x_train, x_test = split.x_train, split.x_test
+    if step >= 1:
+        for _ in range(int(step)):
+            x_train = torch.nextafter(x_train, torch.tensor(math.inf))
+            x_test = torch.nextafter(x_test, torch.tensor(math.inf))
+    else:
+        x_train, x_test = x_train * (1 - step), x_test * (1 - step)
+    return replace(split, x_train=x_train, x_test=x_test)
+
+
+def test_data_sketches_tell_rounding_from_other_data():
+    split = tiny_split()
+    sketch = data_sketch(split)
+    assert sketches_agree(sketch, data_sketch(nudged(split, 1)))
+    assert sketches_agree(sketch, data_sketch(nudged(split, 3)))
+    assert not sketches_agree(sketch, data_sketch(nudged(split, 1e-5)))
+    swapped = split.x_test.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert not sketches_agree(sketch, data_sketch(replace(split, x_test=swapped)))
+    assert not sketches_agree(sketch, data_sketch(replace(split, y_train=split.y_train[1:])))
+    relabelled = split.y_test.clone()
+    relabelled[0] = (relabelled[0] + 1) % 3
+    assert not sketches_agree(sketch, data_sketch(replace(split, y_test=relabelled)))
+
+
+def test_data_rounded_differently_resume_with_a_warning_other_data_are_refused(finished,
+                                                                                caplog):
+    stored = FolderConfig.read(config_path(finished, "tiny"))
+    assert list(stored.sketches) == [""]
+    more = replace(ONE_SEED, seeds=(0, 1))
+    with caplog.at_level(logging.WARNING, logger="ecprune"):
+        report = run_experiment(more, lambda v: nudged(tiny_split(v), 1), out=finished,
+                                progress=False)
+    assert report.computed == report.cells // 2
+    assert "differ from" in caplog.text and "last bits only" in caplog.text
+    assert FolderConfig.read(config_path(finished, "tiny")) == stored
+    with pytest.raises(ConfigMismatch, match=r"data of variant '': sha256:\w+ there"):
+        run_experiment(replace(ONE_SEED, seeds=(2,)), lambda v: nudged(tiny_split(v), 1e-5),
+                       out=finished, progress=False)
 
 
 def test_quick_settings_in_a_full_run_folder_exit_2(tmp_path, capsys):

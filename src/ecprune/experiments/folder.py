@@ -4,12 +4,16 @@ A cell of ``OUT/<name>.csv`` is its row key (experiment, variant, arch, seed, me
 phase) within the folder's configuration: the version of the experiment protocol
 (:data:`PROTOCOL_VERSION`), the training and pruning settings (epochs, fine-tuning epochs, batch
 size, loss, learning rate and decay, the non-linear baseline's samples), every method label's
-full configuration (its options and their defaults) and a SHA-256 of each variant's data. The
+full configuration (its options and their defaults) and a SHA-256 of each variant's data, with a
+:func:`data_sketch` of it. The
 grid (architectures, seeds, ratios, methods, variants) is not part of it: a run may add seeds,
 ratios, methods or variants to a folder, and the file then records the new labels and data too.
 
 A run whose configuration differs from its folder's is refused with :class:`ConfigMismatch`,
-unless it starts anew (``new=True``, ``ecprune reproduce --new``): :func:`set_aside` first moves
+unless it starts anew (``new=True``, ``ecprune reproduce --new``). Data whose SHA-256 differs
+but whose sketch agrees to :data:`SKETCH_RTOL` (the PDE solver's last bits on another CPU) are
+the folder's data, with a warning: the folder keeps its own digest and sketch.
+``new=True``: :func:`set_aside` first moves
 the experiment's files to ``OUT/replaced/<name>-<time>/``. A CSV without a configuration file
 (written before there was one, e.g. ``docs/results``) adopts the run's configuration, with a
 notice, once its ``epochs`` column agrees with the run's. Checkpoints of unfinished jobs live in
@@ -42,6 +46,9 @@ from .methods import parse_label
 PROTOCOL_VERSION = 1
 SETTINGS = ("epochs", "finetune_epochs", "batch_size", "loss", "lr", "lr_decay",
             "nonlinear_samples")
+# Data that differ from a folder's by float32 rounding move every sketch number by ~1e-7 of its
+# scale at most; a change of 1e-5 in a noise level or any other split already moves it by more.
+SKETCH_RTOL = 1e-6
 LOG = logging.getLogger("ecprune.experiments")
 
 
@@ -62,6 +69,33 @@ def data_digest(split: Split) -> str:
         digest.update(f"{tensor.dtype}{tuple(tensor.shape)};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return f"sha256:{digest.hexdigest()}"
+
+
+def data_sketch(split: Split) -> list[float]:
+    """Per tensor of ``split`` (as :func:`data_digest`): its size, sum, sum of squares and
+    projection on a fixed N(0, 1) vector, in float64; :func:`sketches_agree` compares two."""
+    sketch = []
+    generator = torch.Generator().manual_seed(0)
+    for tensor in (split.x_train, split.y_train, split.x_test, split.y_test):
+        values = tensor.detach().cpu().reshape(-1).double()
+        direction = torch.randn(values.numel(), generator=generator, dtype=torch.float64)
+        sketch += [float(values.numel()), values.sum().item(), values.square().sum().item(),
+                   (values @ direction).item()]
+    return sketch
+
+
+def sketches_agree(a: list[float], b: list[float], rtol: float = SKETCH_RTOL) -> bool:
+    """Whether two :func:`data_sketch` results are the same data up to ``rtol`` of each
+    number's scale (the sum's and projection's scale: ``sqrt(size * sum of squares)``)."""
+    if len(a) != len(b):
+        return False
+    for k in range(0, len(a), 4):
+        (n, s1, s2, p), (m, t1, t2, q) = a[k:k + 4], b[k:k + 4]
+        scale = (n * max(s2, t2)) ** 0.5
+        if n != m or abs(s2 - t2) > rtol * max(s2, t2) or max(abs(s1 - t1),
+                                                              abs(p - q)) > rtol * scale:
+            return False
+    return True
 
 
 def _method_configs(config: ExperimentConfig) -> dict[str, str]:
@@ -101,16 +135,19 @@ class FolderConfig:
     settings: dict[str, object]
     methods: dict[str, str]
     data: dict[str, str] = field(default_factory=dict)
+    sketches: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, config: ExperimentConfig, data: dict[str, str] | None = None) -> FolderConfig:
-        """The configuration of a run of ``config`` (``data``: variant -> :func:`data_digest`)."""
+    def of(cls, config: ExperimentConfig, data: dict[str, str] | None = None,
+           sketches: dict[str, list[float]] | None = None) -> FolderConfig:
+        """The configuration of a run of ``config`` (``data``: variant -> :func:`data_digest`,
+        ``sketches``: variant -> :func:`data_sketch`)."""
         settings = {name: getattr(config, name) for name in SETTINGS}
         if config.prune_samples is not None:  # recorded only where set: older folders agree
             settings["prune_samples"] = config.prune_samples
         settings = json.loads(json.dumps(settings))
         return cls(config.name, PROTOCOL_VERSION, settings, _method_configs(config),
-                   dict(data or {}))
+                   dict(data or {}), dict(sketches or {}))
 
     @classmethod
     def read(cls, path: Path) -> FolderConfig | None:
@@ -137,18 +174,29 @@ class FolderConfig:
                    without_new_defaults(self.methods[label], other.methods[label]))
                   for label in self.methods.keys() & other.methods.keys()]
         pairs += [(f"data of variant {variant!r}", self.data[variant], other.data[variant])
-                  for variant in self.data.keys() & other.data.keys()]
+                  for variant in self.data.keys() & other.data.keys()
+                  if variant not in self.rounded(other)]
         return [f"{what}: {mine} there, {theirs} here" for what, mine, theirs in pairs
                 if mine != theirs]
 
+    def rounded(self, other: FolderConfig) -> list[str]:
+        """Variants whose data digests differ but whose sketches agree."""
+        return sorted(variant for variant in self.data.keys() & other.data.keys()
+                      if self.data[variant] != other.data[variant]
+                      and variant in self.sketches and variant in other.sketches
+                      and sketches_agree(self.sketches[variant], other.sketches[variant]))
+
     def merged(self, other: FolderConfig) -> FolderConfig:
-        """This configuration with ``other``'s method labels and variants added."""
+        """This configuration with ``other``'s method labels, variants and sketches added (its
+        own digests and sketches kept)."""
         return replace(self, methods={**self.methods, **other.methods},
-                       data={**self.data, **other.data})
+                       data={**other.data, **self.data},
+                       sketches={**other.sketches, **self.sketches})
 
     def job_key(self, variant: str) -> str:
         """Digest naming the checkpoints of a job of ``variant`` under this configuration."""
         identity = {**asdict(self), "data": self.data[variant]}
+        del identity["sketches"]  # keys of checkpoints written before there were sketches hold
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -184,6 +232,10 @@ def check(stored: FolderConfig | None, current: FolderConfig, *, out: Path,
         check_rows(config, rows, csv_path)
         return
     differences = stored.differences(current)
+    for variant in stored.rounded(current):
+        LOG.warning("ecprune: the data of variant %r differ from %s's in their last bits only "
+                    "(SHA-256 %s there, %s here; sketches agree to %g): resuming.", variant,
+                    out, stored.data[variant], current.data[variant], SKETCH_RTOL)
     if differences:
         raise ConfigMismatch(
             f"{csv_path} holds results of another configuration "

@@ -105,7 +105,8 @@ def _run_locked(config, load, out, device, workers, threads, progress, on_rows) 
     finished = {job: _job_done(config, job, done) for job in jobs}
     todo = [job for job in jobs if finished[job] < per_job]
     splits = {variant: load(variant) for variant in dict.fromkeys(job.variant for job in todo)}
-    current = folder.FolderConfig.of(config, {v: folder.data_digest(s) for v, s in splits.items()})
+    current = folder.FolderConfig.of(config, {v: folder.data_digest(s) for v, s in splits.items()},
+                                     {v: folder.data_sketch(s) for v, s in splits.items()})
     folder.check(stored, current, out=out, rows=rows, config=config)
     folder.update(out, stored, current, rows=rows)
     results, _ = _stores(out, config.name)
