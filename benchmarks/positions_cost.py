@@ -9,6 +9,9 @@ samples (ecprune's default ``chunk_size``, used for the ECP passes too) and 4,09
 chunk (64 samples of 64 tokens), since a chunk of 262,144 rows is slower per sample. Writes
 ``docs/benchmarks/positions_cost.json`` with the machine and the date.
 
+``--model mixer``: the MLP-Mixer of ``ecprune reproduce mixer-mnist`` (untrained, seed 0) on
+``--samples`` random 28 x 28 images instead, written to ``positions_cost_mixer.json``.
+
 Run: ``.venv/bin/python benchmarks/positions_cost.py`` (``--samples 4096 --tokens 64`` is the
 issue's size; smaller sizes for a quick look).
 """
@@ -23,6 +26,8 @@ from statistics_common import RESULTS, gradient_pass, interleaved_times, machine
 from torch import nn
 
 import ecprune
+from ecprune.experiments.mixer import MIXER_ARCH
+from ecprune.experiments.mixer_model import mixer
 
 
 class TokenMLP(nn.Module):
@@ -48,21 +53,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--chunk-size", type=int, default=4096)
-    parser.add_argument("--out", type=Path, default=RESULTS / "positions_cost.json")
+    parser.add_argument("--model", choices=("token-mlp", "mixer"), default="token-mlp")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    widths = [128, 256, 128, 10]
-    model = TokenMLP(widths, args.tokens)
-    x = torch.rand(args.samples, args.tokens * widths[0])
-    y = torch.randint(0, widths[-1], (args.samples,))
+    if args.model == "mixer":
+        widths, model = None, mixer(MIXER_ARCH, seed=0)
+        x, tokens = torch.rand(args.samples, 784), (28 // MIXER_ARCH[0]) ** 2
+    else:
+        widths, tokens = [128, 256, 128, 10], args.tokens
+        model = TokenMLP(widths, tokens)
+        x = torch.rand(args.samples, tokens * widths[0])
+    y = torch.randint(0, 10, (args.samples,))
+    out = args.out or RESULTS / ("positions_cost.json" if args.model == "token-mlp"
+                                 else "positions_cost_mixer.json")
 
     def score(**options):
         return lambda: ecprune.importance(model, x, "ecp", progress=False,
                                           chunk_size=args.chunk_size, **options)
 
-    small = max(1, 4096 // args.tokens)  # samples per chunk with 4,096 rows per layer
+    small = max(1, 4096 // tokens)  # samples per chunk with 4,096 rows per layer
     tasks = {"gradient pass": lambda: gradient_pass(model, x, y, "cross_entropy"),
              f"gradient pass, {small}-sample chunks": lambda: gradient_pass(
                  model, x, y, "cross_entropy", chunk=small),
@@ -83,10 +95,10 @@ def main(argv: list[str] | None = None) -> None:
                      / exact[name].score.abs().max()).item() for name in exact}
     print("independent against exact, max |difference| / max score per layer:",
           {k: round(v, 4) for k, v in errors.items()})
-    write_json(args.out, {"machine": machine(), "samples": args.samples, "tokens": args.tokens,
-                          "widths": widths, "chunk_size": args.chunk_size, "times": times,
-                          "independent_relative_error": errors})
-    print(f"wrote {args.out}")
+    write_json(out, {"machine": machine(), "model": args.model, "samples": args.samples,
+                     "tokens": tokens, "widths": widths, "chunk_size": args.chunk_size,
+                     "times": times, "independent_relative_error": errors})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
