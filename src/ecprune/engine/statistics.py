@@ -19,7 +19,6 @@ Sums are kept in float64 whatever the model's dtype. Memory is O(|W| + chunk x w
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import time
@@ -31,7 +30,6 @@ import torch
 from torch import nn
 
 from .. import distributed
-from .activations import cached_derivatives
 from .batching import Batch, split_batches
 from .positions import (
     BlockJacobians,
@@ -357,13 +355,11 @@ def collect_statistics(
         accumulator = Accumulator(layers, request, chain_run, per_sample)
         needs_graph = request.loss is not None or (request.sensitivity and chain_run is None and (
             per_sample is None or per_sample.needs_graph))
-        cached = isinstance(per_sample, BlockJacobians) and request.loss is None
-        with cached_derivatives(model) if cached else contextlib.nullcontext():
-            for batch, tape, raw, output in stream(model, layers, chunks,
-                                                   differentiable=needs_graph,
-                                                   output_fn=output_fn, progress=progress,
-                                                   runner=chain_run):
-                accumulator.update(tape, batch, raw, output)
+        for batch, tape, raw, output in stream(model, layers, chunks,
+                                               differentiable=needs_graph,
+                                               output_fn=output_fn, progress=progress,
+                                               runner=chain_run):
+            accumulator.update(tape, batch, raw, output)
         if request.sensitivity and first is not None:
             blind = [name for name, layer in accumulator.stats.layers.items()
                      if not layer.row_sensitivity.any()]
