@@ -63,13 +63,14 @@ def prune(work, *flags):
 
 
 @pytest.mark.parametrize("method", ["ecp", "ecp-refit"])
-@pytest.mark.parametrize("positions", ["auto", "independent"])
-def test_the_command_prunes_a_token_model_like_the_library(work, method, positions):
+@pytest.mark.parametrize(("positions", "products"),
+                         [("auto", "model"), ("independent", "model"), ("auto", "bfloat16")])
+def test_the_command_prunes_a_token_model_like_the_library(work, method, positions, products):
     state, report = prune(work, "--sparsity", 0.5, "--method", method, "--sensitivity",
-                          "exact", "--positions", positions)
+                          "exact", "--positions", positions, "--products", products)
     expected = copy.deepcopy(work["model"])
     library = ecprune.prune(expected, work["x"], 0.5, method, sensitivity="exact",
-                            positions=positions)
+                            positions=positions, products=products)
     ecprune.bake_masks(expected)
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(state[key], value, rtol=1e-12, atol=1e-14)
@@ -103,10 +104,11 @@ def test_neurons_shrink_token_layers_as_the_library_does(work):
                                    atol=1e-12)
 
 
-def test_positions_is_refused_with_neurons(work, capsys):
+@pytest.mark.parametrize("flag", [["--positions", "exact"], ["--products", "bfloat16"]])
+def test_positions_and_products_are_refused_with_neurons(work, capsys, flag):
     assert main(["prune", work["factory"], "--weights", "weights.pt", "tokens.pt", "--neurons",
-                 "0.5", "--positions", "exact", "-o", "small.pt", "--quiet"]) == 2
-    assert "--positions" in capsys.readouterr().err
+                 "0.5", *flag, "-o", "small.pt", "--quiet"]) == 2
+    assert flag[0] in capsys.readouterr().err
 
 
 def test_an_unknown_positions_value_is_refused(work, capsys):

@@ -56,7 +56,8 @@ def score(model: nn.Module, data: object, layers: dict[str, nn.Linear], method: 
     start = time.perf_counter()
     if method.compensates:
         check_biases(layers, method.label, options.add_bias)
-    request = dataclasses.replace(method.request(options.seed), positions=options.positions)
+    request = dataclasses.replace(method.request(options.seed), positions=options.positions,
+                                  products=options.products)
     stats = collect_statistics(model, layers, batch_factory(model, data, options)(), request,
                                output_fn=options.output_fn, progress=options.progress)
     context = ScoringContext(model=model, layers=layers,

@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 import ecprune
 from ecprune import distributed, methods
 from ecprune.engine.layers import copy_model, model_dtype_device, select_layers
-from ecprune.engine.positions import POSITIONS
+from ecprune.engine.positions import POSITIONS, PRODUCTS
 from ecprune.engine.tape import LayerTape, eval_mode, forward
 from ecprune.masking.selection import SCOPES
 from ecprune.methods import LOSSES
@@ -90,7 +90,8 @@ def neuron_method(args: argparse.Namespace):
     if not 0 <= args.neurons < 1:
         raise ValueError(f"--neurons must be in [0, 1); got {args.neurons}.")
     for flag, given in (("--steps", args.steps != 1), ("--compact", args.compact),
-                        ("--positions", args.positions != "auto")):
+                        ("--positions", args.positions != "auto"),
+                        ("--products", args.products != "model")):
         if given:
             raise ValueError(f"--neurons removes whole units in one step and writes the smaller "
                              f"model; drop {flag}.")
@@ -157,7 +158,7 @@ def prune_model(model: nn.Module, data: LoadedData, args: argparse.Namespace) ->
     dense = copy_model(model)
     dataset = data.inputs if data.targets is None else TensorDataset(data.inputs, data.targets)
     options = dict(layers=args.layers, chunk_size=args.chunk_size, seed=args.seed,
-                   add_bias=args.add_bias, positions=args.positions,
+                   add_bias=args.add_bias, positions=args.positions, products=args.products,
                    progress=False if args.quiet else None)
     start = time.perf_counter()
     if args.steps > 1 or args.pruner.rereads_data:  # more passes over the data after scoring
@@ -350,6 +351,9 @@ def _add_pruning_options(parser: argparse.ArgumentParser) -> None:
                             "repeated calls): auto (exact per-sample sums where needed, "
                             "default), exact (force them) or independent (rows treated as "
                             "samples, faster and approximate)")
+    group.add_argument("--products", choices=list(PRODUCTS), default="model",
+                       help="dtype of the per-sample products of --positions exact/auto: model "
+                            "(default) or bfloat16 (faster on CPUs with bf16 instructions)")
     group.add_argument("--damping", type=float, metavar="D",
                        help="relative ridge of the Gram matrices of ecp-refit, sparsegpt and "
                             "sparsegpt-refit (default: 0.01)")

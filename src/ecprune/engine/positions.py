@@ -39,6 +39,10 @@ PRODUCT_ELEMENTS = 2**19
 # pass is 2.7 times slower per sample, docs/performance.md).
 BLOCK_ROWS = 4096
 POSITIONS = ("auto", "exact", "independent")
+# The dtype of the per-sample products H (docs/performance.md, "Several rows per sample"):
+# the model's, or bfloat16 (several times faster GEMMs where the CPU has bf16 instructions; the
+# products and sums are then taken in the model's dtype).
+PRODUCTS = ("model", "bfloat16")
 
 
 def layouts(model: nn.Module, layers: dict[str, nn.Linear], sample: torch.Tensor,
@@ -249,11 +253,13 @@ def exact_directions(batch: int, n_out: int, *, dtype: torch.dtype,
     return torch.eye(n_out, dtype=dtype, device=device).expand(batch, n_out, n_out)
 
 
-def position_sums(rows: LayerRows, *, independent: bool):
+def position_sums(rows: LayerRows, *, independent: bool, products: str = "model"):
     """One chunk's ``(S, P, Q, D)`` of a layer in the model's dtype: ``S = sum |G|^2``
     (n_out), ``P = sum G . H`` and ``Q = sum |H|^2`` (n_out, n_in), with ``H`` taken about the
     layer's input shift, and ``D = sum_p |g_p|^2`` (n_out), the rows' own sensitivities.
-    ``independent``: rows treated as samples (``G, H`` of each row alone, no cross terms)."""
+    ``independent``: rows treated as samples (``G, H`` of each row alone, no cross terms).
+    ``products="bfloat16"``: each ``H`` is a bfloat16 GEMM of ``c`` and ``a`` rounded to
+    bfloat16 (:data:`PRODUCTS`)."""
     c, a = rows.cotangents, rows.inputs  # k x (B, R, o), (B, R, i)
     batch, _, n_out = c[0].shape
     n_in = a.shape[-1]
@@ -268,12 +274,19 @@ def position_sums(rows: LayerRows, *, independent: bool):
     p, q, d = a.new_zeros(n_out, n_in), a.new_zeros(n_out, n_in), a.new_zeros(n_out)
     step = max(1, PRODUCT_ELEMENTS // (n_out * n_in))
     h, gh = a.new_empty(min(step, batch), n_out, n_in), a.new_empty(min(step, batch), n_out, n_in)
+    low = products == "bfloat16"
+    a_low = a.to(torch.bfloat16) if low else a
+    h_low = h.to(torch.bfloat16) if low else h
     for z, c_z in enumerate(c):
+        c_low = c_z.to(torch.bfloat16) if low else c_z
         for b in range(0, batch, step):
             # H of direction z for a few samples, (b, o, R) @ (b, R, i), used in the cache.
             part, weighted = h[:min(step, batch - b)], gh[:min(step, batch - b)]
             block = c_z[b:b + step]
-            torch.bmm(block.transpose(1, 2), a[b:b + step], out=part)
+            product = h_low[:len(part)]
+            torch.bmm(c_low[b:b + step].transpose(1, 2), a_low[b:b + step], out=product)
+            if low:
+                part.copy_(product)
             p += torch.mul(part, g[z, b:b + step, :, None], out=weighted).sum(0)
             q += part.square_().sum(0)
             d += block.square().sum((0, 1))

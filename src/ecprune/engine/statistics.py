@@ -69,6 +69,7 @@ class StatisticsRequest:
     estimator: str = "auto"
     probes: int | None = None
     positions: str = "auto"
+    products: str = "model"
 
 
 @dataclass
@@ -220,7 +221,8 @@ class Accumulator:
             for tile in self.per_sample.tiles(batch.inputs, output, tape, directions, shifts):
                 for name, rows in tile.items():
                     layer = stats.layers[name]
-                    sums = position_sums(rows, independent=independent)
+                    sums = position_sums(rows, independent=independent,
+                                         products=request.products)
                     for total, part in zip((layer.sens_sum, layer.sens_act, layer.sens_act_sq,
                                             layer.row_sens_sum), sums, strict=True):
                         total += part.to(ACCUMULATE_DTYPE)
