@@ -173,8 +173,16 @@ def test_data_rounded_differently_resume_with_a_warning_other_data_are_refused(f
     assert report.computed == report.cells // 2
     assert "differ from" in caplog.text and "last bits only" in caplog.text
     assert FolderConfig.read(config_path(finished, "tiny")) == stored
-    with pytest.raises(ConfigMismatch, match=r"data of variant '': sha256:\w+ there"):
+    with pytest.raises(ConfigMismatch, match=r"data of variant '': sha256:\w+ there") as err:
         run_experiment(replace(ONE_SEED, seeds=(2,)), lambda v: nudged(tiny_split(v), 1e-5),
+                       out=finished, progress=False)
+    assert "no data sketch" not in str(err.value)
+    # A folder written before there were sketches: even rounding is refused, and said so.
+    unsketched = json.loads(config_path(finished, "tiny").read_text())
+    del unsketched["sketches"]
+    config_path(finished, "tiny").write_text(json.dumps(unsketched))
+    with pytest.raises(ConfigMismatch, match=r"records no data sketch of ''.*machine that wrote"):
+        run_experiment(replace(ONE_SEED, seeds=(2,)), lambda v: nudged(tiny_split(v), 1),
                        out=finished, progress=False)
 
 

@@ -237,9 +237,16 @@ def check(stored: FolderConfig | None, current: FolderConfig, *, out: Path,
                     "(SHA-256 %s there, %s here; sketches agree to %g): resuming.", variant,
                     out, stored.data[variant], current.data[variant], SKETCH_RTOL)
     if differences:
+        unsketched = sorted(v for v in stored.data.keys() & current.data.keys()
+                            if stored.data[v] != current.data[v] and v not in stored.sketches)
+        note = (f" The folder records no data sketch of {', '.join(map(repr, unsketched))} "
+                "(written before there were sketches), so data that another machine rounded "
+                "differently cannot be told from other data: resume on the machine that wrote "
+                "it, or start anew." if unsketched else "")
         raise ConfigMismatch(
             f"{csv_path} holds results of another configuration "
-            f"({config_path(out, config.name)}): {'; '.join(differences)}. {_remedy(out)}")
+            f"({config_path(out, config.name)}): {'; '.join(differences)}.{note} "
+            f"{_remedy(out)}")
 
 
 def update(out: Path, stored: FolderConfig | None, current: FolderConfig, *,
