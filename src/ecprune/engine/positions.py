@@ -276,7 +276,7 @@ def position_sums(rows: LayerRows, *, independent: bool, products: str = "model"
     h, gh = a.new_empty(min(step, batch), n_out, n_in), a.new_empty(min(step, batch), n_out, n_in)
     low = products == "bfloat16"
     a_low = a.to(torch.bfloat16) if low else a
-    h_low = h.to(torch.bfloat16) if low else h
+    h_low = a.new_empty(h.shape, dtype=torch.bfloat16) if low else h
     for z, c_z in enumerate(c):
         c_low = c_z.to(torch.bfloat16) if low else c_z
         for b in range(0, batch, step):

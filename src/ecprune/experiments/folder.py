@@ -12,13 +12,13 @@ ratios, methods or variants to a folder, and the file then records the new label
 A run whose configuration differs from its folder's is refused with :class:`ConfigMismatch`,
 unless it starts anew (``new=True``, ``ecprune reproduce --new``). Data whose SHA-256 differs
 but whose sketch agrees to :data:`SKETCH_RTOL` (the PDE solver's last bits on another CPU) are
-the folder's data, with a warning: the folder keeps its own digest and sketch.
-``new=True``: :func:`set_aside` first moves
-the experiment's files to ``OUT/replaced/<name>-<time>/``. A CSV without a configuration file
-(written before there was one, e.g. ``docs/results``) adopts the run's configuration, with a
-notice, once its ``epochs`` column agrees with the run's. Checkpoints of unfinished jobs live in
-``OUT/checkpoints/<name>/<key>/``, ``key`` a digest of the configuration and the variant's data
-(:meth:`FolderConfig.job_key`), so no run ever loads another configuration's checkpoint.
+the folder's data, with a warning: the folder keeps its own digest and sketch. Starting anew,
+:func:`set_aside` first moves the experiment's files to ``OUT/replaced/<name>-<time>/``. A
+CSV without a configuration file (written before there was one, e.g. ``docs/results``) adopts
+the run's configuration, with a notice, once its ``epochs`` column agrees with the run's.
+Checkpoints of unfinished jobs live in ``OUT/checkpoints/<name>/<key>/``, ``key`` a digest of
+the configuration and the variant's data (:meth:`FolderConfig.job_key`), so no run ever loads
+another configuration's checkpoint.
 """
 
 from __future__ import annotations
@@ -173,18 +173,21 @@ class FolderConfig:
         pairs += [(f"method {label!r}", self.methods[label],
                    without_new_defaults(self.methods[label], other.methods[label]))
                   for label in self.methods.keys() & other.methods.keys()]
+        rounded = set(self.rounded(other))
         pairs += [(f"data of variant {variant!r}", self.data[variant], other.data[variant])
-                  for variant in self.data.keys() & other.data.keys()
-                  if variant not in self.rounded(other)]
+                  for variant in self.data.keys() & other.data.keys() if variant not in rounded]
         return [f"{what}: {mine} there, {theirs} here" for what, mine, theirs in pairs
                 if mine != theirs]
 
+    def changed_data(self, other: FolderConfig) -> list[str]:
+        """Variants of both whose data digests differ."""
+        return sorted(v for v in self.data.keys() & other.data.keys()
+                      if self.data[v] != other.data[v])
+
     def rounded(self, other: FolderConfig) -> list[str]:
         """Variants whose data digests differ but whose sketches agree."""
-        return sorted(variant for variant in self.data.keys() & other.data.keys()
-                      if self.data[variant] != other.data[variant]
-                      and variant in self.sketches and variant in other.sketches
-                      and sketches_agree(self.sketches[variant], other.sketches[variant]))
+        return [v for v in self.changed_data(other) if v in self.sketches and v in other.sketches
+                and sketches_agree(self.sketches[v], other.sketches[v])]
 
     def merged(self, other: FolderConfig) -> FolderConfig:
         """This configuration with ``other``'s method labels, variants and sketches added (its
@@ -237,8 +240,7 @@ def check(stored: FolderConfig | None, current: FolderConfig, *, out: Path,
                     "(SHA-256 %s there, %s here; sketches agree to %g): resuming.", variant,
                     out, stored.data[variant], current.data[variant], SKETCH_RTOL)
     if differences:
-        unsketched = sorted(v for v in stored.data.keys() & current.data.keys()
-                            if stored.data[v] != current.data[v] and v not in stored.sketches)
+        unsketched = [v for v in stored.changed_data(current) if v not in stored.sketches]
         note = (f" The folder records no data sketch of {', '.join(map(repr, unsketched))} "
                 "(written before there were sketches), so data that another machine rounded "
                 "differently cannot be told from other data: resume on the machine that wrote "
