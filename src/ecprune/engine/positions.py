@@ -34,10 +34,11 @@ JACOBIAN_ELEMENTS = 2**24
 # Elements of the per-sample products H (samples x n_out x n_in) formed at once: small enough
 # for the product to be squared and summed while it is still in the cache.
 PRODUCT_ELEMENTS = 2**19
-# Rows of the layer with the most rows per sample in one pass of the block engine: chunks are
-# split into passes of this size, whose activations stay in the cache (a 262,144-row gradient
-# pass is 2.7 times slower per sample, docs/performance.md).
-BLOCK_ROWS = 4096
+# Elements (rows x width) of the largest layer activation in one pass of the block engine:
+# chunks are split into passes of this size, whose activations stay in a core's cache (1 MiB in
+# float32; on a token MLP 128-256-128 passes of 1,024 rows took 78-81 % of the time of passes of
+# 4,096, docs/performance.md).
+BLOCK_ELEMENTS = 2**18
 POSITIONS = ("auto", "exact", "independent")
 # The dtype of the per-sample products H (docs/performance.md, "Several rows per sample"):
 # the model's, or bfloat16 (several times faster GEMMs where the CPU has bf16 instructions; the
@@ -205,9 +206,12 @@ class BlockJacobians:
         self.layers, self.blocks = layers, blocks
 
     def samples_per_pass(self) -> int:
-        """Samples per pass: their rows in the layer with the most rows per sample are at most
-        ``BLOCK_ROWS`` (at least one sample)."""
-        return max(1, BLOCK_ROWS // max(sum(blocks) for blocks in self.blocks.values()))
+        """Samples per pass: the largest activation of their rows (rows x the wider of a
+        layer's input and output) has at most ``BLOCK_ELEMENTS`` elements (at least one
+        sample)."""
+        per_sample = max(sum(self.blocks[name]) * max(layer.in_features, layer.out_features)
+                         for name, layer in self.layers.items())
+        return max(1, BLOCK_ELEMENTS // per_sample)
 
     def tiles(self, inputs: torch.Tensor, output: torch.Tensor, tape: LayerTape,
               directions: torch.Tensor,
@@ -258,8 +262,8 @@ def position_sums(rows: LayerRows, *, independent: bool, products: str = "model"
     (n_out), ``P = sum G . H`` and ``Q = sum |H|^2`` (n_out, n_in), with ``H`` taken about the
     layer's input shift, and ``D = sum_p |g_p|^2`` (n_out), the rows' own sensitivities.
     ``independent``: rows treated as samples (``G, H`` of each row alone, no cross terms).
-    ``products="bfloat16"``: each ``H`` is a bfloat16 GEMM of ``c`` and ``a`` rounded to
-    bfloat16 (:data:`PRODUCTS`)."""
+    ``products="bfloat16"``: each ``H`` of ``Q`` is a bfloat16 GEMM of ``c`` and ``a`` rounded
+    to bfloat16 (:data:`PRODUCTS`); ``P``, one GEMM over all rows, stays in the model's dtype."""
     c, a = rows.cotangents, rows.inputs  # k x (B, R, o), (B, R, i)
     batch, _, n_out = c[0].shape
     n_in = a.shape[-1]
@@ -271,23 +275,26 @@ def position_sums(rows: LayerRows, *, independent: bool, products: str = "model"
         d = s.sum(0)
         return d, s.T @ a, s.T @ a.square(), d
     g = torch.stack([c_z.sum(1) for c_z in c])  # (k, B, o)
-    p, q, d = a.new_zeros(n_out, n_in), a.new_zeros(n_out, n_in), a.new_zeros(n_out)
+    # P = sum_b sum_z g_zb H_zb = (sum_z g_z c_z)^T a over all rows: one GEMM, no pass over H.
+    weighted = c[0] * g[0, :, None]
+    for z in range(1, len(c)):
+        weighted.addcmul_(c[z], g[z, :, None])
+    p = weighted.reshape(-1, n_out).T @ a.reshape(-1, n_in)
+    q, d = a.new_zeros(n_out, n_in), a.new_zeros(n_out)
     step = max(1, PRODUCT_ELEMENTS // (n_out * n_in))
-    h, gh = a.new_empty(min(step, batch), n_out, n_in), a.new_empty(min(step, batch), n_out, n_in)
+    h = a.new_empty(min(step, batch), n_out, n_in)
     low = products == "bfloat16"
     a_low = a.to(torch.bfloat16) if low else a
     h_low = a.new_empty(h.shape, dtype=torch.bfloat16) if low else h
-    for z, c_z in enumerate(c):
+    for c_z in c:
         c_low = c_z.to(torch.bfloat16) if low else c_z
+        d += c_z.square().sum((0, 1))
         for b in range(0, batch, step):
-            # H of direction z for a few samples, (b, o, R) @ (b, R, i), used in the cache.
-            part, weighted = h[:min(step, batch - b)], gh[:min(step, batch - b)]
-            block = c_z[b:b + step]
+            # H of direction z for a few samples, (b, o, R) @ (b, R, i), squared in the cache.
+            part = h[:min(step, batch - b)]
             product = h_low[:len(part)]
             torch.bmm(c_low[b:b + step].transpose(1, 2), a_low[b:b + step], out=product)
             if low:
                 part.copy_(product)
-            p += torch.mul(part, g[z, b:b + step, :, None], out=weighted).sum(0)
             q += part.square_().sum(0)
-            d += block.square().sum((0, 1))
     return g.square().sum((0, 1)), p, q, d
