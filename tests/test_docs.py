@@ -102,3 +102,18 @@ def test_examples_run(page, tmp_path, monkeypatch, one_thread):
         for name in set(sys.modules) - modules:  # modules imported from tmp_path
             if str(getattr(sys.modules[name], "__file__", "")).startswith(str(tmp_path)):
                 del sys.modules[name]
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))])
+def test_relative_links_point_to_files_that_exist(page):
+    """Every relative link of the README and the docs pages names a file or folder of the repo
+    (anchors aside; web links are not checked)."""
+    path = ROOT / page
+    targets = [m[1].split("#")[0] for m in LINK.finditer(path.read_text())]
+    missing = [t for t in targets if t and not re.match(r"[a-z]+:", t)
+               and not (path.parent / t).exists()]
+    assert not missing, f"{page} links to missing files: {missing}"
