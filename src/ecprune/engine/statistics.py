@@ -349,18 +349,18 @@ def collect_statistics(
         per_sample = _per_sample_engine(model, layers, first, request, output_fn)
         if isinstance(per_sample, BlockJacobians):
             chunks = split_batches(chunks, per_sample.samples_per_pass())
-        chain = None
-        if (per_sample is None and request.sensitivity and request.loss is None
-                and output_fn is None):
-            chain = find_chain(model, layers)
+        plain = per_sample is None and request.sensitivity and output_fn is None
+        chain = find_chain(model, layers) if plain and request.loss is None else None
         chain_run = None if chain is None else ChainRun(chain)
         accumulator = Accumulator(layers, request, chain_run, per_sample)
         needs_graph = request.loss is not None or (request.sensitivity and chain_run is None and (
             per_sample is None or per_sample.needs_graph))
+        # One reverse pass per output direction: activations' derivatives are evaluated once.
+        once = isinstance(per_sample, BlockJacobians) and request.loss is None
         for batch, tape, raw, output in stream(model, layers, chunks,
                                                differentiable=needs_graph,
                                                output_fn=output_fn, progress=progress,
-                                               runner=chain_run):
+                                               runner=chain_run, derivatives_once=once):
             accumulator.update(tape, batch, raw, output)
         if request.sensitivity and first is not None:
             blind = [name for name, layer in accumulator.stats.layers.items()

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
+from .activations import cached_derivatives
 from .batching import Batch
 
 
@@ -152,14 +153,18 @@ def stream(
     progress: bool | None = None,
     desc: str = "statistics",
     runner: Callable[[torch.Tensor], object] | None = None,
+    derivatives_once: bool = False,
 ) -> Iterator[tuple[Batch, LayerTape, object, torch.Tensor]]:
     """Run ``model`` (in eval mode) on each chunk; yield ``(batch, tape, raw, output)``.
 
     The tape holds that chunk's layer inputs and outputs; ``output`` is the sensitivity output
     flattened to (B, n_out). With ``differentiable`` the layer outputs stay in the graph.
     ``runner`` evaluates the model in its place (a :class:`ChainRun` of it).
+    ``derivatives_once``: activation modules evaluate their derivative in the forward, for
+    several reverse passes through one graph (:func:`~.activations.cached_derivatives`).
     """
-    with eval_mode(model), LayerTape(layers, differentiable=differentiable) as tape:
+    with (eval_mode(model), LayerTape(layers, differentiable=differentiable) as tape,
+          cached_derivatives(model, derivatives_once)):
         for batch in tqdm(batches, desc=desc, unit="chunk", disable=progress_disabled(progress),
                           leave=False):
             tape.clear()

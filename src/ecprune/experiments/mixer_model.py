@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..engine.layers import keep_mask
@@ -39,11 +38,14 @@ class MixerBlock(nn.Module):
         self.channel_norm = nn.LayerNorm(channels)
         self.channel_in = nn.Linear(channels, channel_hidden)
         self.channel_out = nn.Linear(channel_hidden, channels)
+        # A module, not F.gelu: the per-sample engine then evaluates its derivative once per
+        # forward (ecprune.engine.activations); it holds no parameters, so checkpoints agree.
+        self.activation = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C)
         mixed = self.token_norm(x).transpose(1, 2)  # (B, C, T)
-        x = x + self.token_out(F.gelu(self.token_in(mixed))).transpose(1, 2)
-        return x + self.channel_out(F.gelu(self.channel_in(self.channel_norm(x))))
+        x = x + self.token_out(self.activation(self.token_in(mixed))).transpose(1, 2)
+        return x + self.channel_out(self.activation(self.channel_in(self.channel_norm(x))))
 
 
 class MLPMixer(nn.Module):
