@@ -12,7 +12,7 @@ from torch import nn
 import ecprune
 from conftest import layer_io, mlp
 from ecprune import methods
-from ecprune.reconstruct.admm import admm_supports, project, removal_schedule
+from ecprune.reconstruct.admm import admm_supports, input_variances, project, removal_schedule
 
 LINEARS = ("0", "2", "4")
 
@@ -75,6 +75,28 @@ def test_admm_never_keeps_a_weight_that_is_not_a_candidate():
                          removals, rho=0.5, iterations=7)
     assert not (keep & ~candidates).any()
     assert torch.equal(keep.sum(1), candidates.sum(1) - removals)
+
+
+def test_inputs_constant_up_to_rounding_are_treated_as_constant():
+    """A layer whose inputs lost every weight upstream sees the same values for every sample,
+    with ``E[x^2] - E[x]^2`` left at rounding level (hypothesis found seed 18389 of
+    test_loss_objective): ``D`` is then all ones, as for exactly constant inputs, and
+    ``H + rho D`` factorises (it raised before)."""
+    g = torch.Generator().manual_seed(2)
+    level = torch.rand(1, 5, dtype=torch.float64, generator=g)
+    exact = with_ones(level.expand(60, 5))
+    rounded = exact.clone()
+    rounded[:, :-1] += 1e-17 * torch.randn(60, 5, dtype=torch.float64, generator=g)
+    hessian = rounded.T @ rounded / 60
+    assert (hessian.diagonal()[:-1] - hessian[-1, :-1].square()).abs().max() > 0
+    assert torch.equal(input_variances(hessian), torch.ones(5, dtype=torch.float64))
+    u = torch.randn(60, 3, dtype=torch.float64, generator=g)
+    start = torch.randn(3, 6, dtype=torch.float64, generator=g)
+    candidates, removals = torch.ones(3, 5, dtype=torch.bool), torch.full((3,), 3)
+    keeps = [admm_supports(x.T @ x, x.T @ u, start, candidates, removals, rho=0.3, iterations=9)
+             for x in (exact, rounded)]
+    assert torch.equal(keeps[0], keeps[1])
+    assert torch.equal(keeps[1].sum(1), torch.full((3,), 2))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call, jvp
@@ -46,6 +46,7 @@ def batches_of(x, y, chunk=13):
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), sparsity=st.sampled_from([0.3, 0.6, 0.8]),
        method=st.sampled_from(["ecp-refit", "ecp-admm"]))
+@example(seed=18389, sparsity=0.8, method="ecp-admm")  # a layer's inputs constant to rounding
 def test_the_training_loss_never_increases_and_masks_are_kept(seed, sparsity, method):
     dense = mlp([4, 6, 5, 3], nn.Tanh, seed=seed)
     x, y = data(seed)

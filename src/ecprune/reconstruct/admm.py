@@ -63,11 +63,13 @@ def removal_schedule(removals: torch.Tensor, iterations: int) -> list[torch.Tens
 
 def input_variances(hessian: torch.Tensor) -> torch.Tensor:
     """``Var(a_j)`` of the weight columns of ``H = E[x x^T]`` (the ones column last),
-    raised to :data:`VARIANCE_FLOOR` of their mean."""
-    mean = hessian[-1, :-1]
-    variance = (hessian.diagonal()[:-1] - mean.square()).clamp_min(0)
+    raised to :data:`VARIANCE_FLOOR` of their mean; all ones when every input is constant up
+    to the rounding of ``E[x^2] - E[x]^2`` (e.g. a layer whose inputs lost all their weights)."""
+    mean, second = hessian[-1, :-1], hessian.diagonal()[:-1]
+    variance = (second - mean.square()).clamp_min(0)
     scale = variance.mean()
-    if not scale > 0:
+    rounding = len(second) * torch.finfo(hessian.dtype).eps * second.abs().max()
+    if not scale > rounding:
         return torch.ones_like(variance)
     return variance.clamp_min(VARIANCE_FLOOR * scale)
 
