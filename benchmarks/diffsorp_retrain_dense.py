@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from ecprune.experiments.diffsorp import DIFFSORP, load_diffsorp_split
 from ecprune.experiments.folder import data_digest
 from ecprune.experiments.job import Job, train_dense
 from ecprune.experiments.stacked import StackedMLP
+from ecprune.experiments.store import read_rows
 from ecprune.experiments.training import evaluate
 
 RESULTS = Path(__file__).parents[1] / "docs/results/diffsorp-e240"
@@ -39,8 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dense = {(r["variant"], r["arch"], r["seed"]): r
-             for r in csv.DictReader((args.results / "diffsorp.csv").open())
-             if r["phase"] == "dense"}
+             for r in read_rows(args.results / "diffsorp.csv") if r["phase"] == "dense"}
     for spec in args.jobs:
         key = tuple(spec.split(","))
         if key not in dense:

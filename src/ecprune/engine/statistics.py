@@ -356,7 +356,7 @@ def collect_statistics(
         needs_graph = request.loss is not None or (request.sensitivity and chain_run is None and (
             per_sample is None or per_sample.needs_graph))
         # One reverse pass per output direction: activations' derivatives are evaluated once.
-        once = isinstance(per_sample, BlockJacobians) and request.loss is None
+        once = per_sample is not None and per_sample.needs_graph and request.loss is None
         for batch, tape, raw, output in stream(model, layers, chunks,
                                                differentiable=needs_graph,
                                                output_fn=output_fn, progress=progress,
